@@ -1,0 +1,1 @@
+"""Data: the official PAPO training schema, its loading into TRL prompts, and synthetic perception data."""

@@ -1,0 +1,56 @@
+"""Batched generation from TRL-style conversational prompts with images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+def render_prompt(processor, prompt: list[dict[str, Any]]) -> str:
+    """The chat-template text of a conversational prompt, with the generation prompt appended."""
+    return processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    processor,
+    prompts: Sequence[list[dict[str, Any]]],
+    images: Sequence[Sequence[Any]],
+    *,
+    max_new_tokens: int = 256,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    seed: int | None = None,
+    show_progress: bool = True,
+) -> list[str]:
+    """Generate one completion per prompt, in batches (left-padded), and decode it.
+
+    `prompts[i]` is a conversational prompt whose image parts are filled, in order, by `images[i]`.
+    With `seed` set, sampling is reproducible (torch's global RNG is forked, not disturbed).
+    """
+    if len(prompts) != len(images):
+        raise ValueError(f"got {len(prompts)} prompts but {len(images)} image lists")
+    if processor.tokenizer.padding_side != "left":
+        raise ValueError("the processor's tokenizer must pad on the left for batched generation")
+    completions: list[str] = []
+    starts = range(0, len(prompts), batch_size)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for start in tqdm(starts, desc="Generating", disable=not show_progress, unit="batch"):
+            batch_prompts = prompts[start : start + batch_size]
+            batch_images = [image for row in images[start : start + batch_size] for image in row]
+            texts = [render_prompt(processor, prompt) for prompt in batch_prompts]
+            inputs = processor(text=texts, images=batch_images or None, padding=True, return_tensors="pt")
+            inputs = inputs.to(model.device)
+            sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling)
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            completions += processor.batch_decode(new_tokens, skip_special_tokens=True)
+    return completions

@@ -1,0 +1,66 @@
+"""Test isolation: every test run gets a throw-away HOME / HF_HOME / config dirs and no network.
+
+The environment is set at import time, before any test module imports transformers, datasets,
+huggingface_hub, gradio or jupyter, because those libraries read these variables when imported.
+"""
+
+import os
+import shutil
+import socket
+import tempfile
+
+import pytest
+
+_SANDBOX = tempfile.mkdtemp(prefix="papo-tests-")
+_ENV = {
+    "HOME": _SANDBOX,
+    "HF_HOME": os.path.join(_SANDBOX, "hf"),
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "XDG_CACHE_HOME": os.path.join(_SANDBOX, "cache"),
+    "XDG_CONFIG_HOME": os.path.join(_SANDBOX, "config"),
+    "XDG_DATA_HOME": os.path.join(_SANDBOX, "share"),
+    "JUPYTER_CONFIG_DIR": os.path.join(_SANDBOX, "jupyter"),
+    "JUPYTER_DATA_DIR": os.path.join(_SANDBOX, "jupyter-data"),
+    "JUPYTER_RUNTIME_DIR": os.path.join(_SANDBOX, "jupyter-runtime"),
+    "IPYTHONDIR": os.path.join(_SANDBOX, "ipython"),
+    "MPLCONFIGDIR": os.path.join(_SANDBOX, "matplotlib"),
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(_ENV)
+
+_LOOPBACK_PREFIXES = ("127.", "::1", "localhost")
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(sock, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and (host.startswith(_LOOPBACK_PREFIXES) or sock.family == socket.AF_UNIX):
+        return _real_connect(sock, address)
+    raise OSError(f"papo tests are offline: refused a connection to {address!r}")
+
+
+socket.socket.connect = _guarded_connect
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SANDBOX, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sandbox_dir() -> str:
+    """The throw-away directory that stands in for HOME during the test session."""
+    return _SANDBOX
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict[str, str]:
+    """Tiny Qwen2.5-VL and Qwen3-VL saved once per session: {architecture: directory}."""
+    from papo.tiny import ARCHITECTURES, save_tiny_vlm
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {arch: str(save_tiny_vlm(root / arch, arch, seed=0)) for arch in ARCHITECTURES}

@@ -1,0 +1,175 @@
+"""Loading the official schema into TRL prompts, and the named errors for each kind of bad row."""
+
+import io
+
+import datasets
+import pytest
+from PIL import Image
+from trl.data_utils import prepare_multimodal_messages
+
+from papo.data.loading import (
+    PROMPT_SUFFIX,
+    InvalidRowError,
+    build_prompt,
+    format_problem,
+    load_papo_dataset,
+    load_training_dataset,
+    prepare_papo_dataset,
+)
+
+FEATURES = datasets.Features(
+    {
+        "problem": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+        "images": datasets.List(datasets.Image()),
+    }
+)
+
+
+def _png(color=(200, 30, 30), size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _good_row(i: int) -> dict:
+    return {
+        "problem": f"<image>What is shown in figure {i}?",
+        "answer": str(i),
+        "images": [{"bytes": _png(), "path": None}],
+    }
+
+
+def _dataset(rows: list[dict]) -> datasets.Dataset:
+    return datasets.Dataset.from_list(rows, features=FEATURES)
+
+
+def test_prompt_follows_official_format():
+    text = format_problem("  <image>How many?\n")
+    assert text == "<image>How many?\n\n" + PROMPT_SUFFIX
+    assert "<think> </think>" in PROMPT_SUFFIX and "\\boxed{}" in PROMPT_SUFFIX
+    prompt = build_prompt("Compare <image> and <image> please")
+    assert prompt[0]["role"] == "user"
+    types = [part["type"] for part in prompt[0]["content"]]
+    assert types == ["text", "image", "text", "image", "text"]
+    assert prompt[0]["content"][0]["text"] == "Compare "
+    assert prompt[0]["content"][-1]["text"].startswith(" please\n\n")
+
+
+def test_local_parquet_becomes_trl_prompts_with_images(tmp_path):
+    path = tmp_path / "train.parquet"
+    _dataset([_good_row(i) for i in range(4)]).to_parquet(str(path))
+    dataset, report = load_training_dataset(path, show_progress=False)
+    assert report.kept == report.total == 4 and report.skipped == 0
+    assert {"prompt", "images", "answer", "problem"} <= set(dataset.column_names)
+    row = dataset[2]
+    assert row["answer"] == "2"
+    assert isinstance(row["images"][0], Image.Image)
+    # TRL fills the image placeholders from the images column: the result is what the trainer sees.
+    messages = prepare_multimodal_messages(row["prompt"], images=row["images"])
+    parts = messages[0]["content"]
+    assert parts[0]["type"] == "image" and isinstance(parts[0]["image"], Image.Image)
+    assert parts[1]["text"].startswith("What is shown in figure 2?\n\n")
+
+
+def test_save_to_disk_dir_and_splits(tmp_path):
+    dd = datasets.DatasetDict(
+        {"train": _dataset([_good_row(0)]), "test": _dataset([_good_row(1), _good_row(2)])}
+    )
+    dd.save_to_disk(str(tmp_path / "dd"))
+    assert len(load_papo_dataset(tmp_path / "dd", split="test")) == 2
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        load_papo_dataset(tmp_path / "dd", split="validation")
+
+
+def test_missing_hub_dataset_offline_is_a_clear_error():
+    with pytest.raises(ValueError, match="could not load dataset 'nobody/no_such_dataset'.*HF_HUB_OFFLINE"):
+        load_papo_dataset("nobody/no_such_dataset")
+
+
+def test_missing_local_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_papo_dataset(str(tmp_path / "nothing" / "here"))
+
+
+def test_missing_column_names_the_fix():
+    dataset = _dataset([_good_row(0)]).rename_column("problem", "question")
+    with pytest.raises(ValueError, match=r"no column\(s\) \['problem'\].*problem_key="):
+        prepare_papo_dataset(dataset, show_progress=False)
+    fixed, _ = prepare_papo_dataset(dataset, problem_key="question", show_progress=False)
+    assert len(fixed) == 1
+
+
+# Each kind of bad row, the field its error must name, and a fragment of the reason.
+BAD_ROWS = {
+    "corrupt_image": (
+        {"images": [{"bytes": b"\x89PNG not really", "path": None}]},
+        "images",
+        "cannot be decoded",
+    ),
+    "truncated_image": (
+        {"images": [{"bytes": _png(size=(64, 64))[:60], "path": None}]},
+        "images",
+        "cannot be decoded",
+    ),
+    "missing_image_file": (
+        {"images": [{"bytes": None, "path": "/nonexistent/x.png"}]},
+        "images",
+        "cannot be decoded",
+    ),
+    "no_image": ({"images": []}, "images", "no image"),
+    "null_image": ({"images": [None]}, "images", "missing"),
+    "too_many_images": (
+        {"images": [{"bytes": _png(), "path": None}, {"bytes": _png(), "path": None}]},
+        "images",
+        "2 image(s) but 1 '<image>' placeholder(s)",
+    ),
+    "no_placeholder": ({"problem": "What is shown?"}, "images", "1 image(s) but 0"),
+    "empty_answer": ({"answer": "  "}, "answer", "answer is missing or empty"),
+    "null_answer": ({"answer": None}, "answer", "answer is missing or empty"),
+    "empty_problem": ({"problem": ""}, "problem", "problem text is missing"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ROWS))
+def test_bad_row_error_names_row_and_field(kind):
+    patch, field, reason = BAD_ROWS[kind]
+    rows = [_good_row(i) for i in range(3)]
+    rows[1] = {**rows[1], **patch}
+    with pytest.raises(InvalidRowError) as info:
+        prepare_papo_dataset(_dataset(rows), show_progress=False)
+    error = info.value
+    assert (error.row, error.field) == (1, field)
+    assert reason in str(error)
+    assert "row 1" in str(error) and f"field '{field}'" in str(error) and "skip_invalid" in str(error)
+
+
+def test_skip_invalid_counts_every_kind():
+    rows = [_good_row(i) for i in range(5)]
+    for kind in sorted(BAD_ROWS):
+        patch, _, _ = BAD_ROWS[kind]
+        rows.append({**_good_row(100), **patch})
+    dataset, report = prepare_papo_dataset(_dataset(rows), skip_invalid=True, show_progress=False)
+    assert len(dataset) == report.kept == 5
+    assert report.total == 5 + len(BAD_ROWS)
+    expected = {"images": 0, "answer": 0, "problem": 0}
+    for _, field, _ in BAD_ROWS.values():
+        expected[field] += 1
+    assert dict(report.skipped_by_field) == expected
+    assert dataset["answer"] == ["0", "1", "2", "3", "4"]
+    assert "skipped" in str(report)
+
+
+def test_all_rows_invalid_is_an_error():
+    rows = [{**_good_row(0), "answer": ""}]
+    with pytest.raises(ValueError, match="no valid rows"):
+        prepare_papo_dataset(_dataset(rows), skip_invalid=True, show_progress=False)
+
+
+def test_numeric_answers_become_strings():
+    features = datasets.Features({**FEATURES, "answer": datasets.Value("int64")})
+    rows = [{**_good_row(i), "answer": i} for i in range(2)]
+    dataset, _ = prepare_papo_dataset(
+        datasets.Dataset.from_list(rows, features=features), show_progress=False
+    )
+    assert dataset["answer"] == ["0", "1"]
