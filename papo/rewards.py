@@ -25,7 +25,12 @@ With TRL's ``GRPOTrainer`` use either the split pair (logged separately) or the 
     GRPOTrainer(..., reward_funcs=PAPO_REWARD_FUNCS, args=GRPOConfig(reward_weights=PAPO_REWARD_WEIGHTS, ...))
     GRPOTrainer(..., reward_funcs=papo_reward, ...)
 
-The ground truth must be in a dataset column named ``answer``.
+The ground truth must be in a dataset column named ``answer``. With the split pair, TRL 1.16 logs
+``rewards/accuracy_reward/mean`` and ``rewards/format_reward/mean`` (it names functions by ``__name__``) and,
+under the default ``multi_objective_aggregation="sum_then_normalize"``, its per-completion reward is
+``(rewards_per_func * reward_weights).nansum(dim=1)`` = ``0.9 * accuracy + 0.1 * format``, the official
+``overall``, before group normalisation. (``"normalize_then_sum"`` normalises each term per group first,
+which is not the official reward; use ``papo_reward`` there.)
 """
 
 from __future__ import annotations
@@ -263,10 +268,7 @@ def make_reward_funcs(
     return [accuracy, fmt]
 
 
-# TRL 1.16 GRPOTrainer (default multi_objective_aggregation="sum_then_normalize") computes the reward as
-# (rewards_per_func * reward_weights).nansum(dim=1), i.e. 0.9 * accuracy + 0.1 * format -- the official
-# `overall` -- before group normalisation, and logs each function's mean as rewards/<__name__>/mean.
-# (With multi_objective_aggregation="normalize_then_sum" each term is normalised per group before the
-# weighted sum, which is *not* the official reward; use papo_reward there.)
+# With GRPOConfig(reward_weights=PAPO_REWARD_WEIGHTS) TRL's weighted nansum is the official `overall`
+# (see the module docstring for the exact TRL code path and the normalize_then_sum caveat).
 PAPO_REWARD_FUNCS: list[Callable[..., list[float]]] = [accuracy_reward, format_reward]
 PAPO_REWARD_WEIGHTS: list[float] = [1 - FORMAT_WEIGHT, FORMAT_WEIGHT]

@@ -1,0 +1,63 @@
+"""The `papo` command line: subcommands, the demo job end to end, and errors without tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import datasets
+import pytest
+
+from papo.cli import build_parser, main
+
+
+def test_help_lists_subcommands():
+    text = build_parser().format_help()
+    for command in ("demo", "tiny-model", "synthetic-data", "check-data"):
+        assert command in text
+    result = subprocess.run([sys.executable, "-m", "papo.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "check-data" in result.stdout
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    assert "usage: papo" in capsys.readouterr().out
+
+
+def test_demo_runs_end_to_end_offline(tmp_path, capsys):
+    code = main(["demo", "--output_dir", str(tmp_path), "--num_samples", "4", "--max_new_tokens", "4"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "4 answers: reward" in out
+    records = [json.loads(line) for line in open(tmp_path / "demo_samples.jsonl")]
+    assert len(records) == 4
+    assert {"id", "task", "answer", "completion", "overall", "accuracy", "format"} <= set(records[0])
+    assert (tmp_path / "tiny-qwen2_5_vl" / "config.json").exists()
+    assert datasets.load_from_disk(str(tmp_path / "synthetic"))["test"].num_rows == 200
+
+
+def test_tiny_model_and_synthetic_data_commands(tmp_path, capsys):
+    assert main(["tiny-model", "--arch", "qwen3_vl", "--output_dir", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    args = ["synthetic-data", "--output_dir", str(tmp_path / "d"), "--num_train", "10", "--num_test", "5"]
+    assert main(args) == 0
+    assert "train: 10, test: 5" in capsys.readouterr().out
+
+
+def test_check_data_reports_the_bad_row_without_traceback(tmp_path, capsys):
+    main(["synthetic-data", "--output_dir", str(tmp_path / "d"), "--num_train", "6", "--num_test", "2"])
+    train = datasets.load_from_disk(str(tmp_path / "d"))["train"]
+    broken = train.map(lambda row, i: {"answer": "" if i == 3 else row["answer"]}, with_indices=True)
+    broken.to_parquet(str(tmp_path / "broken.parquet"))
+    capsys.readouterr()
+    assert main(["check-data", str(tmp_path / "broken.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "row 3" in err and "field 'answer'" in err and "Traceback" not in err
+    assert main(["check-data", str(tmp_path / "broken.parquet"), "--skip_invalid"]) == 0
+    assert "5/6 rows kept, 1 skipped (answer: 1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["tiny-model", "--arch", "llava"], ["synthetic-data", "--num_train", "x"]])
+def test_bad_arguments_exit_with_usage(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
