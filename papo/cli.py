@@ -53,6 +53,15 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(argv: list[str]) -> int:
+    from papo.train import parse_train_args, train
+
+    script_args, training_args, model_args = parse_train_args(argv)
+    trainer = train(script_args, training_args, model_args)
+    print(f"Adapter/model, processor, papo_config.yaml and metrics.jsonl saved to {trainer.args.output_dir}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Build the embedded defaults if absent, then generate and score answers on the synthetic test split.
 
@@ -113,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"papo-hub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    sub.add_parser(
+        "train",
+        help="train with PAPO on TRL (default: the demo preset); `papo train --help` lists every option",
+        add_help=False,
+    )
     demo = sub.add_parser("demo", help="end-to-end offline demo on the tiny model and synthetic data")
     demo.add_argument("--output_dir", default=str(DEFAULT_OUTPUT / "demo"))
     demo.add_argument("--arch", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
@@ -149,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        # `papo train` takes TRL's own arguments (PAPOConfig/GRPOConfig, ModelConfig): TrlParser parses them.
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            return _cmd_train(argv[1:])
+        except (ValueError, FileNotFoundError, FileExistsError) as err:
+            print(f"papo train: error: {err}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

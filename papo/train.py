@@ -1,0 +1,195 @@
+"""The `papo train` recipe: YAML preset + CLI overrides -> model, data, rewards -> PAPOTrainer.
+
+    papo train                                   # the `demo` preset: tiny model, synthetic data, CPU
+    papo train --config papo-g-qwen2.5vl-3b-lora # a shipped preset (papo/configs/<name>.yaml)
+    papo train --config my.yaml --max_steps 50   # any YAML; command-line flags override it
+
+Arguments are TRL's: `PAPOConfig` (a `GRPOConfig`), TRL's `ModelConfig` (model id, dtype, LoRA,
+4-bit) and `PAPOScriptArguments` below, parsed by `trl.TrlParser`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import TrainerCallback
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_PRESET = "demo"
+# LoRA on the language model's projections only: the vision tower stays frozen (the default under
+# LoRA), and the vision MLP's gate/up/down_proj — same names as the LM's — are not caught.
+LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+VISION_LORA_TARGETS = r".*visual\.blocks.*\.(qkv|proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class PAPOScriptArguments:
+    """Data, reward and algorithm choices of a `papo train` run."""
+
+    algorithm: str = field(
+        default="papo", metadata={"help": "papo (PAPOTrainer) | grpo (plain GRPOTrainer)."}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id, local dir or parquet in the official schema; default: the synthetic data."
+        },
+    )
+    dataset_split: str = field(default="train")
+    max_train_samples: int | None = field(default=None)
+    skip_invalid: bool = field(
+        default=False, metadata={"help": "skip and count invalid rows instead of failing."}
+    )
+    grader: str = field(default="mathruler", metadata={"help": "mathruler (official) | math_verify."})
+    format_pattern: str = field(default="strict", metadata={"help": "strict (Qwen2.5) | relaxed (Qwen3)."})
+    lora_vision_tower: bool = field(default=False, metadata={"help": "also put LoRA on the vision tower."})
+    embedded_dir: str = field(
+        default="outputs", metadata={"help": "where the embedded tiny model / synthetic data are built."}
+    )
+
+
+def resolve_config_argument(argv: list[str]) -> list[str]:
+    """Default to the demo preset; let `--config NAME` name a shipped preset."""
+    argv = list(argv)
+    if "--config" not in argv:
+        return ["--config", str(CONFIG_DIR / f"{DEFAULT_PRESET}.yaml"), *argv]
+    index = argv.index("--config") + 1
+    if index >= len(argv):
+        raise ValueError("--config needs a YAML path or a preset name: " + ", ".join(available_presets()))
+    value = argv[index]
+    if not os.path.exists(value):
+        preset = CONFIG_DIR / f"{value.removesuffix('.yaml')}.yaml"
+        if not preset.exists():
+            raise FileNotFoundError(
+                f"--config {value}: no such file and no such preset; presets: {', '.join(available_presets())}"
+            )
+        argv[index] = str(preset)
+    return argv
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def parse_train_args(argv: list[str]):
+    from trl import ModelConfig, TrlParser
+
+    from papo.trainer import PAPOConfig
+
+    parser = TrlParser((PAPOScriptArguments, PAPOConfig, ModelConfig), prog="papo train")
+    return parser.parse_args_and_config(resolve_config_argument(argv))
+
+
+def build_peft_config(model_args, script_args):
+    from trl import get_peft_config
+
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None and model_args.lora_target_modules is None:
+        targets = LANGUAGE_LORA_TARGETS
+        if script_args.lora_vision_tower:
+            targets = f"({LANGUAGE_LORA_TARGETS})|({VISION_LORA_TARGETS})"
+        peft_config.target_modules = targets
+    return peft_config
+
+
+def load_model_for_training(model_args):
+    """The policy model (optionally 4-bit) and its processor, from a Hub id or a local path."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+    from trl import get_quantization_config
+
+    from papo.modeling import load_processor
+
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    quantization_config = get_quantization_config(model_args)
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+        quantization_config=quantization_config,
+    )
+    return model, load_processor(model_args.model_name_or_path, revision=model_args.model_revision)
+
+
+class JsonlMetricsCallback(TrainerCallback):
+    """Append every log (reward, perception_kl, entropies, clip fractions, ...) to metrics.jsonl."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def train(script_args, training_args, model_args):
+    """Run one training job; returns the trainer (after `train()` and `save_model()`)."""
+    from trl import GRPOTrainer
+
+    from papo.data.loading import load_training_dataset
+    from papo.data.synthetic import save_synthetic_dataset
+    from papo.rewards import make_reward_funcs
+    from papo.tiny import save_tiny_vlm
+    from papo.trainer import PAPOTrainer
+
+    if script_args.algorithm not in ("papo", "grpo"):
+        raise ValueError(f"algorithm must be 'papo' or 'grpo', got {script_args.algorithm!r}")
+    embedded = Path(script_args.embedded_dir)
+    if model_args.model_name_or_path is None:
+        model_args.model_name_or_path = str(save_tiny_vlm(embedded / "tiny-qwen2_5_vl"))
+        print(f"No model given: using the embedded tiny Qwen2.5-VL in {model_args.model_name_or_path}")
+    dataset_source = script_args.dataset_name
+    if dataset_source is None:
+        dataset_source = embedded / "synthetic"
+        if not dataset_source.exists():
+            print(f"No dataset given: building the synthetic perception dataset in {dataset_source}")
+            save_synthetic_dataset(dataset_source, seed=training_args.seed)
+    train_dataset, report = load_training_dataset(
+        dataset_source,
+        script_args.dataset_split,
+        skip_invalid=script_args.skip_invalid,
+        max_samples=script_args.max_train_samples,
+    )
+    print(f"Training data {dataset_source} [{script_args.dataset_split}]: {report}")
+
+    model, processor = load_model_for_training(model_args)
+    trainer_cls = PAPOTrainer if script_args.algorithm == "papo" else GRPOTrainer
+    trainer = trainer_cls(
+        model=model,
+        processing_class=processor,
+        reward_funcs=make_reward_funcs(script_args.grader, script_args.format_pattern),
+        args=training_args,
+        train_dataset=train_dataset,
+        peft_config=build_peft_config(model_args, script_args),
+        callbacks=[JsonlMetricsCallback(Path(training_args.output_dir) / "metrics.jsonl")],
+    )
+    save_resolved_config(
+        Path(training_args.output_dir) / "papo_config.yaml", script_args, training_args, model_args
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    processor.save_pretrained(training_args.output_dir)
+    return trainer
+
+
+def save_resolved_config(path: Path, script_args, training_args, model_args) -> None:
+    """Everything the run used (script, model and training arguments), as one YAML for the record."""
+    resolved = {}
+    for args in (script_args, model_args, training_args):
+        for key, value in asdict(args).items():
+            if key in ("masking",) or key.startswith("_"):
+                continue
+            value = getattr(value, "value", value)  # enums (save_strategy, ...) as their plain values
+            plain = isinstance(value, str | int | float | bool | type(None) | list | dict)
+            resolved[key] = value if plain else str(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(resolved, sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,342 @@
+"""PAPOConfig / PAPOTrainer: TRL's GRPOTrainer plus the PAPO perception loss.
+
+This file is the only place that touches TRL internals. It wraps (never copies) three methods of
+`trl.GRPOTrainer` (contract-tested in `tests/test_trainer_contract.py`):
+
+* `_generate_and_score_completions` — after TRL has generated and scored a generation batch, mask
+  each prompt's image(s) (`papo.masking`: one mask per prompt shared by its G rollouts, drawn from
+  the trainer seed, the step and the prompt's content, so every rank agrees), and add one batch-first
+  tensor, `masked_per_token_logps`: log π_θold(o_t | q, I_mask), computed without gradient by the same
+  model on the *same* token ids, attention mask and M-RoPE positions — only the image tensors differ.
+  This is the official default (one extra no-grad forward per step). With
+  `recompute_masked_logps=True` the masked pixel values travel with the batch instead and the masked
+  branch is re-run with gradient inside the loss.
+* `_get_per_token_logps_and_entropies` — a pass-through that hands the training forward's per-token
+  log-probs (with gradient) to `compute_loss`, so PAPO needs no third forward pass.
+* `compute_loss` (public) — TRL's loss, plus the PAPO terms from `papo.loss`:
+  ``− γ·agg(w·KL_prcp) + d·(η1·H[π_θ] + η2·H[π_mask])``, aggregated like TRL's `loss_type`
+  (`bnpo` = the official token-mean) and scaled for gradient accumulation like TRL's own loss.
+
+Everything else — generation, rewards, advantages, clipping, the reference KL, PEFT, logging,
+checkpoints, `push_to_hub` — is TRL's.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from papo.loss import (
+    aggregate,
+    apply_mode_weights,
+    gamma_schedule,
+    perception_kl,
+    sampled_token_entropy,
+    token_mean,
+)
+from papo.masking import MaskingConfig, check_same_grid, mask_images, mask_seed, prompt_key
+
+# loss types whose normaliser already covers gradient accumulation (TRL divides the others by it)
+_GLOBAL_NORMALISED = ("dapo", "cispo", "vespo")
+
+
+@dataclass
+class PAPOConfig(GRPOConfig):
+    """GRPOConfig plus the PAPO settings. Defaults are the official PAPO-G 3B values (spec §3)."""
+
+    perception_kl_coef: float = field(
+        default=0.02,
+        metadata={"help": "γ, weight of the perception KL, which is maximised (official kl_prcp_coef)."},
+    )
+    perception_kl_estimator: str = field(
+        default="k3", metadata={"help": "k1 | k2 | k3 (official low_var_kl, with its clamps)."}
+    )
+    perception_kl_schedule: str = field(
+        default="fixed", metadata={"help": "fixed | linear (official annealing)."}
+    )
+    perception_kl_coef_start: float = field(default=0.01, metadata={"help": "linear schedule: γ at step 0."})
+    perception_kl_coef_end: float = field(default=0.0, metadata={"help": "linear schedule: final γ."})
+    perception_kl_annealing_ratio: float = field(
+        default=0.5, metadata={"help": "linear schedule: fraction of training over which γ moves."}
+    )
+    perception_kl_apply_mode: str = field(
+        default="all",
+        metadata={"help": "all | correct_only | weighted: which rollouts get the perception KL."},
+    )
+    perception_kl_incorrect_weight: float = field(
+        default=0.1, metadata={"help": "weighted mode: weight of incorrect rollouts."}
+    )
+    perception_kl_accuracy_reward: str = field(
+        default="accuracy_reward", metadata={"help": "reward function whose value decides 'correct' (> 0.5)."}
+    )
+    perception_kl_clip: float | None = field(
+        default=None,
+        metadata={"help": "clamp per-token KL to [0, clip] (official experimental option, off)."},
+    )
+    perception_kl_top_p: float | None = field(
+        default=None,
+        metadata={"help": "keep only the top-p share of tokens by KL per sample (experimental, off)."},
+    )
+    entropy_original_coef: float = field(default=0.0, metadata={"help": "η1, entropy penalty on π_θ(·|I)."})
+    entropy_masked_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "η2, entropy penalty on π(·|I_mask); has a gradient only with recompute_masked_logps."
+        },
+    )
+    entropy_estimator: str = field(
+        default="sampled",
+        metadata={"help": "sampled (official: mean −log p of sampled tokens) | full (vocabulary)."},
+    )
+    recompute_masked_logps: bool = field(
+        default=False,
+        metadata={"help": "re-run the masked branch with gradient in the loss (≈2× update cost)."},
+    )
+    mask_strategy: str = field(default="patch", metadata={"help": "patch (random black squares) | noise."})
+    mask_ratio: float = field(default=0.6, metadata={"help": "probability each square is blackened."})
+    mask_patch_size: int = field(default=14, metadata={"help": "square side in original-image pixels."})
+    mask_grid: str = field(
+        default="image", metadata={"help": "image (official) | model (squares on the ViT patch grid)."}
+    )
+    mask_noise_std: float = field(default=0.6, metadata={"help": "noise strategy: std on [0,1] pixels."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.masking = MaskingConfig(
+            strategy=self.mask_strategy,
+            mask_ratio=self.mask_ratio,
+            patch_size=self.mask_patch_size,
+            grid=self.mask_grid,
+            noise_std=self.mask_noise_std,
+        )
+        # Fail at configuration time, not at the first step.
+        gamma_schedule(0, 1, gamma=self.perception_kl_coef, schedule=self.perception_kl_schedule)
+        apply_mode_weights(self.perception_kl_apply_mode, torch.ones(1), self.perception_kl_incorrect_weight)
+        if self.entropy_estimator not in ("sampled", "full"):
+            raise ValueError(f"entropy_estimator must be 'sampled' or 'full', got {self.entropy_estimator!r}")
+
+
+class PAPOTrainer(GRPOTrainer):
+    """GRPOTrainer with PAPO's implicit perception loss. Use it exactly like `trl.GRPOTrainer`."""
+
+    _tag_names = ["trl", "papo"]
+    _name = "PAPO"
+    _paper = {
+        "title": "Perception-Aware Policy Optimization for Multimodal Reasoning",
+        "id": "2507.06448",
+        "citation": textwrap.dedent("""\
+            @inproceedings{wang2026papo,
+                title     = {{Perception-Aware Policy Optimization for Multimodal Reasoning}},
+                author    = {Zhenhailong Wang and others},
+                booktitle = {International Conference on Learning Representations},
+                year      = 2026,
+                eprint    = {arXiv:2507.06448},
+            }"""),
+    }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, PAPOConfig):
+            raise TypeError("PAPOTrainer needs a PAPOConfig (a GRPOConfig with the PAPO settings)")
+        self._papo_capture: list | None = None  # set while compute_loss runs TRL's loss
+        self._papo_rewards: torch.Tensor | None = None
+
+    # --- wrapped TRL method 1: generation ------------------------------------------------------
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        images = [_row_images(row) for row in inputs]
+        if any(not row_images for row_images in images):
+            raise ValueError(
+                "PAPO needs an image in every prompt: a row without 'images'/'image' reached the trainer "
+                "(prepare the dataset with papo.data.loading.prepare_papo_dataset, which rejects such rows)"
+            )
+        mode = "train" if self.model.training else "eval"
+        # One draw per generation round: the step is shared by all ranks; eval draws are kept apart.
+        draw = self.state.global_step if mode == "train" else -1 - self.state.global_step
+        masked_images = []
+        for row, row_images in zip(inputs, images, strict=True):
+            seed = mask_seed(
+                self.args.seed, draw, prompt_key(row_images, json.dumps(row["prompt"], default=str))
+            )
+            masked_images += mask_images(
+                row_images, self.args.masking, seed, self.processing_class.image_processor
+            )
+        masked = self.processing_class.image_processor(images=masked_images, return_tensors="pt")
+        check_same_grid(output["image_grid_thw"].cpu(), masked["image_grid_thw"])
+        masked_pixel_values = masked["pixel_values"].to(
+            output["pixel_values"].device, output["pixel_values"].dtype
+        )
+
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        batch_size = (
+            self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        )
+        with torch.no_grad():
+            masked_logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                input_ids,
+                attention_mask,
+                output["completion_ids"].size(1),
+                batch_size=batch_size,
+                **_image_kwargs(output, masked_pixel_values),
+            )
+        output["masked_per_token_logps"] = masked_logps
+        if self.args.recompute_masked_logps:
+            # A list (one tensor per sample) so TRL's shuffle/split carries each sample's patches with its row.
+            lengths = output["image_grid_thw"].prod(-1)
+            per_image = list(torch.split(masked_pixel_values, lengths.tolist()))
+            bounds = torch.tensor([0, *output["num_images"]]).cumsum(0).tolist()
+            output["masked_pixel_values"] = [
+                torch.cat(per_image[bounds[i] : bounds[i + 1]]) for i in range(len(bounds) - 1)
+            ]
+        if self._papo_rewards is not None:
+            output["papo_accuracy"] = self._local_accuracy(len(inputs), output["completion_ids"].device)
+        return output
+
+    # --- wrapped TRL method 2: per-token log-probs ---------------------------------------------
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        result = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        if self._papo_capture is not None and not self._papo_capture:
+            self._papo_capture.append(result)  # the training forward of TRL's loss: reuse it
+        return result
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.args.perception_kl_apply_mode != "all":
+            self._papo_rewards = rewards
+        return rewards
+
+    # --- wrapped TRL method 3 (public): the loss ------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._papo_capture = []
+        try:
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            (logp, entropies, _aux) = self._papo_capture[0]
+        finally:
+            self._papo_capture = None
+        return loss + self._papo_loss(model, inputs, logp, entropies)
+
+    def _papo_loss(self, model, inputs, logp: torch.Tensor, entropies: torch.Tensor | None) -> torch.Tensor:
+        args = self.args
+        mode = "train" if self.model.training else "eval"
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        masked_logp = inputs["masked_per_token_logps"]
+        if args.recompute_masked_logps:
+            masked_logp = self._masked_logps_with_grad(model, inputs)
+
+        total_steps = max(self.state.max_steps, 1)
+        gamma, discount = gamma_schedule(
+            self.state.global_step,
+            total_steps,
+            gamma=args.perception_kl_coef,
+            schedule=args.perception_kl_schedule,
+            start=args.perception_kl_coef_start,
+            end=args.perception_kl_coef_end,
+            annealing_ratio=args.perception_kl_annealing_ratio,
+        )
+        accuracy = inputs.get("papo_accuracy")
+        if accuracy is None:
+            accuracy = torch.ones(logp.size(0), device=logp.device)
+        weights = apply_mode_weights(
+            args.perception_kl_apply_mode, accuracy, args.perception_kl_incorrect_weight
+        )
+        kl, keep = perception_kl(
+            logp,
+            masked_logp,
+            mask,
+            args.perception_kl_estimator,
+            args.perception_kl_clip,
+            args.perception_kl_top_p,
+        )
+        # Same reduction and gradient-accumulation scaling as TRL's own loss for this loss_type.
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+        num_items = None
+        if self.loss_type in _GLOBAL_NORMALISED:
+            num_items = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":
+                num_items = num_items * accumulation / args.steps_per_generation
+        kl_loss = aggregate(
+            torch.where(keep.bool(), weights[:, None] * kl, torch.zeros_like(kl)),
+            mask,
+            self.loss_type,
+            max_completion_length=args.max_completion_length,
+            num_items=num_items,
+        )
+        if self.loss_type not in _GLOBAL_NORMALISED:
+            kl_loss = kl_loss / accumulation
+        if args.entropy_estimator == "full" and entropies is not None:
+            entropy_original = token_mean(entropies, mask)
+        else:
+            entropy_original = sampled_token_entropy(logp, mask)
+        entropy_masked = sampled_token_entropy(masked_logp, mask)
+        entropy_loss = discount * (
+            args.entropy_original_coef * entropy_original + args.entropy_masked_coef * entropy_masked
+        )
+
+        metrics = self._metrics[mode]
+        metrics["perception_kl"].append(self._global_token_mean(kl.detach(), mask))
+        metrics["entropy/original"].append(self._global_token_mean(-logp.detach(), mask))
+        metrics["entropy/masked"].append(self._global_token_mean(-masked_logp.detach(), mask))
+        metrics["perception_kl_coef"].append(gamma)
+        return -gamma * kl_loss + entropy_loss / accumulation
+
+    def _masked_logps_with_grad(self, model, inputs) -> torch.Tensor:
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        pixel_values = torch.cat(inputs["masked_pixel_values"])
+        logps, _, _ = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            inputs["completion_ids"].size(1),
+            **_image_kwargs(inputs, pixel_values),
+        )
+        return logps
+
+    def _global_token_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
+        local = torch.stack([torch.where(mask.bool(), values, 0.0).sum(), mask.sum().float()])
+        total = self.accelerator.reduce(local, reduction="sum")
+        return (total[0] / total[1].clamp(min=1.0)).item()
+
+    def _local_accuracy(self, batch_size: int, device) -> torch.Tensor:
+        names = [
+            getattr(f, "__name__", getattr(getattr(f, "func", None), "__name__", ""))
+            for f in self.reward_funcs
+        ]
+        name = self.args.perception_kl_accuracy_reward
+        if name not in names:
+            raise ValueError(
+                f"perception_kl_apply_mode={self.args.perception_kl_apply_mode!r} needs a reward function named "
+                f"{name!r} (perception_kl_accuracy_reward); the reward functions are {names}"
+            )
+        start = self.accelerator.process_index * batch_size
+        accuracy = self._papo_rewards[start : start + batch_size, names.index(name)]
+        self._papo_rewards = None
+        return torch.nan_to_num(accuracy, nan=0.0).to(device)
+
+
+def _row_images(row: dict[str, Any]) -> list:
+    if row.get("images"):
+        return list(row["images"])
+    return [row["image"]] if row.get("image") is not None else []
+
+
+def _image_kwargs(batch: dict[str, Any], pixel_values: torch.Tensor) -> dict[str, Any]:
+    """The multimodal forward kwargs of `batch` with its pixel values replaced by `pixel_values`."""
+    kwargs = {
+        "pixel_values": pixel_values,
+        "image_grid_thw": batch["image_grid_thw"],
+        "num_images": batch["num_images"],
+    }
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if batch.get(key) is not None:
+            kwargs[key] = batch[key]
+    return kwargs
