@@ -47,6 +47,12 @@ class PAPOScriptArguments:
     grader: str = field(default="mathruler", metadata={"help": "mathruler (official) | math_verify."})
     format_pattern: str = field(default="strict", metadata={"help": "strict (Qwen2.5) | relaxed (Qwen3)."})
     lora_vision_tower: bool = field(default=False, metadata={"help": "also put LoRA on the vision tower."})
+    min_pixels: int | None = field(
+        default=None, metadata={"help": "image processor lower bound (official 200704)."}
+    )
+    max_pixels: int | None = field(
+        default=None, metadata={"help": "image processor upper bound (official 1003520)."}
+    )
     embedded_dir: str = field(
         default="outputs", metadata={"help": "where the embedded tiny model / synthetic data are built."}
     )
@@ -96,7 +102,7 @@ def build_peft_config(model_args, script_args):
     return peft_config
 
 
-def load_model_for_training(model_args):
+def load_model_for_training(model_args, min_pixels: int | None = None, max_pixels: int | None = None):
     """The policy model (optionally 4-bit) and its processor, from a Hub id or a local path."""
     import torch
     from transformers import AutoModelForImageTextToText
@@ -113,7 +119,24 @@ def load_model_for_training(model_args):
         attn_implementation=model_args.attn_implementation,
         quantization_config=quantization_config,
     )
-    return model, load_processor(model_args.model_name_or_path, revision=model_args.model_revision)
+    processor = load_processor(model_args.model_name_or_path, revision=model_args.model_revision)
+    set_pixel_bounds(processor, min_pixels, max_pixels)
+    return model, processor
+
+
+def set_pixel_bounds(processor, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Set the Qwen image processor's resize bounds (pixels), as the official `process_image` does."""
+    current = processor.image_processor.size
+    size = {"shortest_edge": current.shortest_edge, "longest_edge": current.longest_edge}
+    if min_pixels is not None:
+        size["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        size["longest_edge"] = max_pixels
+    if size["shortest_edge"] > size["longest_edge"]:
+        raise ValueError(
+            f"min_pixels ({size['shortest_edge']}) must not exceed max_pixels ({size['longest_edge']})"
+        )
+    processor.image_processor.size = size
 
 
 class JsonlMetricsCallback(TrainerCallback):
@@ -159,7 +182,7 @@ def train(script_args, training_args, model_args):
     )
     print(f"Training data {dataset_source} [{script_args.dataset_split}]: {report}")
 
-    model, processor = load_model_for_training(model_args)
+    model, processor = load_model_for_training(model_args, script_args.min_pixels, script_args.max_pixels)
     trainer_cls = PAPOTrainer if script_args.algorithm == "papo" else GRPOTrainer
     trainer = trainer_cls(
         model=model,

@@ -1,0 +1,249 @@
+"""PAPOTrainer on the tiny Qwen models: equivalence with GRPO at γ=0, where gradients flow, what the
+masked pass sees, and short real training runs."""
+
+import copy
+import json
+
+import pytest
+import torch
+from trl import GRPOTrainer
+
+import papo.trainer as trainer_module
+from papo.data.loading import load_training_dataset
+from papo.data.synthetic import make_synthetic_dataset
+from papo.modeling import load_processor
+from papo.rewards import PAPO_REWARD_WEIGHTS, make_reward_funcs
+from papo.trainer import PAPOConfig, PAPOTrainer
+
+G = 4
+
+
+@pytest.fixture(scope="module")
+def train_dataset():
+    data = make_synthetic_dataset(num_train=16, num_test=1, seed=0)["train"]
+    return load_training_dataset(data, show_progress=False)[0]
+
+
+def _config(tmp_path, **overrides) -> PAPOConfig:
+    values = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=G,
+        num_generations=G,
+        max_completion_length=8,
+        max_steps=2,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        loss_type="bnpo",
+        beta=0.0,
+        epsilon=0.2,
+        epsilon_high=0.3,
+        reward_weights=PAPO_REWARD_WEIGHTS,
+        dataloader_num_workers=0,
+    )
+    values.update(overrides)
+    return PAPOConfig(**values)
+
+
+def _trainer(cls, model_dir, dataset, args, model=None, peft_config=None):
+    from transformers import AutoModelForImageTextToText
+
+    model = model if model is not None else AutoModelForImageTextToText.from_pretrained(model_dir)
+    return cls(
+        model=model,
+        processing_class=load_processor(model_dir),
+        reward_funcs=make_reward_funcs(),
+        args=args,
+        train_dataset=dataset,
+        peft_config=peft_config,
+    )
+
+
+def _generation_inputs(dataset, rows=(0, 1)):
+    """What TRL's RepeatSampler hands to generation: each row repeated G times, consecutively."""
+    return [dataset[i] for i in rows for _ in range(G)]
+
+
+def _loss_and_grads(trainer, inputs):
+    trainer.model.train()
+    trainer.model.zero_grad()
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer.compute_loss(trainer.model, inputs)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def test_gamma_zero_matches_grpo_loss_and_gradients(tmp_path, tiny_model_dirs, train_dataset):
+    model_dir = tiny_model_dirs["qwen2_5_vl"]
+    args = _config(tmp_path, perception_kl_coef=0.0, beta=0.01)
+    papo = _trainer(PAPOTrainer, model_dir, train_dataset, args)
+    grpo = _trainer(GRPOTrainer, model_dir, train_dataset, args, model=copy.deepcopy(papo.model))
+    papo.model.train()
+    torch.manual_seed(0)
+    inputs = papo._generate_and_score_completions(_generation_inputs(train_dataset))
+    assert inputs["masked_per_token_logps"].shape == inputs["completion_ids"].shape
+    papo_loss, papo_grads = _loss_and_grads(papo, inputs)
+    grpo_loss, grpo_grads = _loss_and_grads(grpo, inputs)
+    torch.testing.assert_close(papo_loss, grpo_loss)
+    assert papo_grads.keys() == grpo_grads.keys() and papo_grads
+    for name in papo_grads:
+        torch.testing.assert_close(papo_grads[name], grpo_grads[name], msg=name)
+    # and with γ > 0 they differ: the test can fail
+    papo.args.perception_kl_coef = 0.5
+    loss_with_kl, grads_with_kl = _loss_and_grads(papo, inputs)
+    assert not torch.allclose(loss_with_kl, grpo_loss)
+    assert any(not torch.allclose(grads_with_kl[n], grpo_grads[n]) for n in grpo_grads)
+
+
+def _count_forwards(trainer, monkeypatch):
+    calls = []
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def counting(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls.append((args, kwargs, result))
+        return result
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", counting)
+    return calls
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_masked_branch_gradient_only_when_recomputed(
+    tmp_path, tiny_model_dirs, train_dataset, monkeypatch, recompute
+):
+    """Default: the masked log-probs are a detached target (one no-grad forward at generation);
+    with recompute_masked_logps the masked branch is re-run with gradient inside the loss."""
+    model_dir = tiny_model_dirs["qwen2_5_vl"]
+    # only the masked-entropy term: its gradient exists iff the masked branch has one
+    args = _config(
+        tmp_path, perception_kl_coef=0.0, entropy_masked_coef=1.0, recompute_masked_logps=recompute
+    )
+    trainer = _trainer(PAPOTrainer, model_dir, train_dataset, args)
+    trainer.model.train()
+    inputs = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    assert not inputs["masked_per_token_logps"].requires_grad
+    assert ("masked_pixel_values" in inputs) == recompute
+    calls = _count_forwards(trainer, monkeypatch)
+    _, grads = _loss_and_grads(trainer, inputs)
+    assert len(calls) == (2 if recompute else 1)  # TRL's training forward is reused, never repeated
+
+    args0 = _config(tmp_path, perception_kl_coef=0.0, recompute_masked_logps=recompute)
+    baseline = _trainer(PAPOTrainer, model_dir, train_dataset, args0, model=copy.deepcopy(trainer.model))
+    _, base_grads = _loss_and_grads(baseline, inputs)
+    differs = any(not torch.allclose(grads[n], base_grads[n]) for n in base_grads)
+    assert differs == recompute
+
+
+def test_masked_pass_reuses_tokens_and_positions_only_images_differ(
+    tmp_path, tiny_model_dirs, train_dataset, monkeypatch
+):
+    model_dir = tiny_model_dirs["qwen2_5_vl"]
+    trainer = _trainer(PAPOTrainer, model_dir, train_dataset, _config(tmp_path, beta=0.01))
+    trainer.model.train()
+    calls = _count_forwards(trainer, monkeypatch)
+    out = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    # calls: the reference pass (original images, adapterless/ref) then PAPO's masked pass
+    (ref_args, ref_kwargs, _), (masked_args, masked_kwargs, masked_result) = calls[-2], calls[-1]
+    input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+    for original, masked in zip(ref_args[1:4], masked_args[1:4], strict=True):  # ids, attention mask, n keep
+        assert torch.equal(torch.as_tensor(original), torch.as_tensor(masked))
+    assert torch.equal(masked_args[1], input_ids)
+    for key in ("image_grid_thw", "mm_token_type_ids"):
+        assert torch.equal(ref_kwargs[key], masked_kwargs[key]), key
+    assert ref_kwargs["num_images"] == masked_kwargs["num_images"]
+    assert ref_kwargs["pixel_values"].shape == masked_kwargs["pixel_values"].shape
+    assert not torch.equal(ref_kwargs["pixel_values"], masked_kwargs["pixel_values"])
+    torch.testing.assert_close(masked_result[0], out["masked_per_token_logps"])
+    # M-RoPE positions are computed from ids, token types, grid and attention mask: the same for both passes
+    rope = trainer.model.model.get_rope_index
+
+    def positions(args, kwargs):
+        types = kwargs["mm_token_type_ids"]
+        types = torch.nn.functional.pad(types, (0, args[1].size(1) - types.size(1)))  # completions are text
+        return rope(args[1], types, image_grid_thw=kwargs["image_grid_thw"], attention_mask=args[2])[0]
+
+    assert torch.equal(positions(ref_args, ref_kwargs), positions(masked_args, masked_kwargs))
+
+
+def test_one_mask_per_prompt_shared_by_its_group(tmp_path, tiny_model_dirs, train_dataset, monkeypatch):
+    """per_device_train_batch_size < num_generations: a group spans micro-batches, its mask does not change."""
+    model_dir = tiny_model_dirs["qwen2_5_vl"]
+    args = _config(tmp_path, per_device_train_batch_size=2, steps_per_generation=4)
+    trainer = _trainer(PAPOTrainer, model_dir, train_dataset, args)
+    seeds = []
+    original = trainer_module.mask_images
+
+    def recording(images, config, seed, image_processor=None):
+        seeds.append(seed)
+        return original(images, config, seed, image_processor)
+
+    monkeypatch.setattr(trainer_module, "mask_images", recording)
+    trainer.model.train()
+    trainer._generate_and_score_completions(_generation_inputs(train_dataset, rows=(0, 1)))
+    assert seeds[:G] == [seeds[0]] * G and seeds[G:] == [seeds[G]] * G and seeds[0] != seeds[G]
+    trainer.state.global_step += 1  # the next generation round draws fresh masks
+    trainer._generate_and_score_completions(_generation_inputs(train_dataset, rows=(0, 1)))
+    assert seeds[2 * G] != seeds[0]
+
+
+def _adapter_weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_short_lora_training_run_logs_perception_kl(tmp_path, tiny_model_dirs, train_dataset, arch):
+    from peft import LoraConfig
+
+    from papo.train import LANGUAGE_LORA_TARGETS, JsonlMetricsCallback
+
+    model_dir = tiny_model_dirs[arch]
+    args = _config(tmp_path, max_steps=2, beta=0.01, perception_kl_coef=0.02)
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=LANGUAGE_LORA_TARGETS)
+    trainer = _trainer(PAPOTrainer, model_dir, train_dataset, args, peft_config=peft_config)
+    trainer.add_callback(JsonlMetricsCallback(tmp_path / "metrics.jsonl"))
+    before = _adapter_weights(trainer.model)
+    assert before and not any("visual" in n for n in before)  # vision tower frozen under LoRA
+    trainer.train()
+    after = _adapter_weights(trainer.model)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    logs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    step_logs = [log for log in logs if "perception_kl" in log]
+    assert len(step_logs) == 2
+    for log in step_logs:
+        assert log["perception_kl"] > 0 and torch.isfinite(torch.tensor(log["perception_kl"]))
+        for key in (
+            "entropy/original",
+            "entropy/masked",
+            "clip_ratio/low_mean",
+            "clip_ratio/high_mean",
+            "reward",
+        ):
+            assert key in log, key
+
+
+def test_correct_only_mode_weights_by_accuracy(tmp_path, tiny_model_dirs, train_dataset):
+    args = _config(tmp_path, perception_kl_apply_mode="correct_only")
+    trainer = _trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, args)
+    trainer.model.train()
+    inputs = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    # an untrained model answers nothing correctly: every rollout gets weight 0, the KL term vanishes
+    assert torch.equal(inputs["papo_accuracy"], torch.zeros(2 * G))
+    loss, _ = _loss_and_grads(trainer, inputs)
+    trainer.args.perception_kl_coef = 0.0
+    loss_without, _ = _loss_and_grads(trainer, inputs)
+    torch.testing.assert_close(loss, loss_without)
+
+
+def test_bad_papo_settings_fail_at_configuration(tmp_path):
+    with pytest.raises(ValueError, match="mask_ratio|ratio"):
+        _config(tmp_path, mask_ratio=1.5)
+    with pytest.raises(ValueError, match="schedule"):
+        _config(tmp_path, perception_kl_schedule="cosine")
+    with pytest.raises(ValueError, match="entropy_estimator"):
+        _config(tmp_path, entropy_estimator="nope")

@@ -1,0 +1,99 @@
+"""Contract with TRL: the GRPOTrainer internals PAPOTrainer wraps. If a TRL upgrade changes any of
+them, this file fails first, with a message naming what moved — instead of PAPO silently training
+GRPO (or crashing mid-run). Update papo/trainer.py, re-run the whole suite, then widen the pin."""
+
+import inspect
+
+import trl
+from packaging.version import Version
+from trl import GRPOTrainer
+
+from papo.trainer import PAPOTrainer
+
+TESTED_TRL = (Version("1.16.0"), Version("1.17.0"))  # [low, high): keep in sync with pyproject.toml
+
+# method -> the parameters (in order) our wrappers pass or read
+WRAPPED = {
+    "_generate_and_score_completions": ["self", "inputs"],
+    "_get_per_token_logps_and_entropies": [
+        "self",
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
+        "batch_size",
+        "compute_entropy",
+        "compute_aux_loss",
+        "pixel_values",
+        "image_grid_thw",
+        "num_images",
+    ],
+    "compute_loss": ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
+    "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
+}
+
+
+def test_trl_version_is_the_tested_one():
+    version = Version(trl.__version__)
+    assert TESTED_TRL[0] <= version < TESTED_TRL[1], (
+        f"trl {version} is outside the range PAPOTrainer was tested with {TESTED_TRL}; see this file's docstring"
+    )
+
+
+def test_wrapped_methods_keep_their_signatures():
+    for name, expected in WRAPPED.items():
+        method = getattr(GRPOTrainer, name, None)
+        assert method is not None, f"GRPOTrainer.{name} no longer exists: PAPOTrainer wraps it"
+        params = list(inspect.signature(method).parameters)
+        assert params[: len(expected)] == expected, f"GRPOTrainer.{name} signature changed: {params}"
+        assert name in PAPOTrainer.__dict__, f"PAPOTrainer should wrap {name}"
+
+
+def test_loss_reuses_one_training_forward():
+    """PAPO takes the training forward's log-probs from the one call in TRL's `_compute_loss`."""
+    source = inspect.getsource(GRPOTrainer._compute_loss)
+    assert source.count("self._get_per_token_logps_and_entropies(") == 1, "TRL's loss forward changed"
+    assert "compute_loss" in inspect.getsource(GRPOTrainer.compute_loss)
+
+
+def test_generation_output_keys_and_loss_normalisation_we_rely_on():
+    source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    for key in (
+        "prompt_ids",
+        "prompt_mask",
+        "completion_ids",
+        "completion_mask",
+        "num_items_in_batch",
+        "pixel_values",
+        "image_grid_thw",
+        "num_images",
+    ):
+        assert f'"{key}"' in source, f"generation output no longer carries {key!r}"
+    loss_source = inspect.getsource(GRPOTrainer._compute_loss)
+    # PAPO mirrors these reductions (papo.loss.aggregate) and the gradient-accumulation scaling
+    for fragment in (
+        'self.loss_type == "bnpo"',
+        "(per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)",
+        'inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes',
+        "self.current_gradient_accumulation_steps / self.args.steps_per_generation",
+    ):
+        assert fragment in loss_source, f"TRL's loss aggregation changed: {fragment!r} not found"
+
+
+def test_prepare_inputs_carries_extra_batch_first_keys():
+    """Our extra keys (masked log-probs, per-sample masked pixels) ride TRL's shuffle and split."""
+    import torch
+    from trl.trainer.utils import shuffle_sequence_dict, split_tensor_dict
+
+    batch = {
+        "a": torch.arange(4),
+        "masked_per_token_logps": torch.arange(8).view(4, 2),
+        "masked_pixel_values": [torch.full((1,), i) for i in range(4)],
+    }
+    shuffled = shuffle_sequence_dict(batch)
+    for i in range(4):
+        j = int(shuffled["a"][i])
+        assert torch.equal(shuffled["masked_per_token_logps"][i], batch["masked_per_token_logps"][j])
+        assert int(shuffled["masked_pixel_values"][i]) == j
+    halves = split_tensor_dict(shuffled, 2)
+    assert len(halves[0]["masked_pixel_values"]) == 2 and halves[1]["masked_per_token_logps"].shape == (2, 2)
