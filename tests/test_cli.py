@@ -61,3 +61,37 @@ def test_bad_arguments_exit_with_usage(argv):
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
+
+
+def test_train_demo_preset_writes_a_loadable_adapter(tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    out = tmp_path / "run"
+    argv = ["train", "--output_dir", str(out), "--embedded_dir", str(tmp_path / "emb"), "--max_steps", "2"]
+    assert main(argv) == 0
+    assert "metrics.jsonl saved" in capsys.readouterr().out
+    logs = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert any("perception_kl" in log for log in logs)
+    resolved = (out / "papo_config.yaml").read_text()
+    assert "perception_kl_coef: 0.02" in resolved and "max_steps: 2" in resolved
+    base = AutoModelForImageTextToText.from_pretrained(tmp_path / "emb" / "tiny-qwen2_5_vl")
+    model = PeftModel.from_pretrained(base, out)
+    assert any("lora_" in name for name, _ in model.named_parameters())
+
+
+def test_train_unknown_preset_lists_presets(capsys):
+    assert main(["train", "--config", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert "no such preset" in err and "papo-g-qwen2.5vl-3b-lora" in err and "demo" in err
+
+
+def test_train_presets_parse(tmp_path):
+    from papo.train import available_presets, parse_train_args
+
+    for preset in available_presets():
+        script_args, training_args, model_args = parse_train_args(
+            ["--config", preset, "--output_dir", str(tmp_path), "--bf16", "false"]  # this CPU has no bf16
+        )
+        assert script_args.algorithm in ("papo", "grpo")
+        assert training_args.loss_type == "bnpo" and training_args.reward_weights == [0.9, 0.1]
