@@ -28,11 +28,8 @@ VISION_LORA_TARGETS = r".*visual\.blocks.*\.(qkv|proj|gate_proj|up_proj|down_pro
 
 @dataclass
 class PAPOScriptArguments:
-    """Data, reward and algorithm choices of a `papo train` run."""
+    """Data and reward choices of a `papo train` run (the algorithm lives in PAPOConfig)."""
 
-    algorithm: str = field(
-        default="papo", metadata={"help": "papo (PAPOTrainer) | grpo (plain GRPOTrainer)."}
-    )
     dataset_name: str | None = field(
         default=None,
         metadata={
@@ -154,16 +151,12 @@ class JsonlMetricsCallback(TrainerCallback):
 
 def train(script_args, training_args, model_args):
     """Run one training job; returns the trainer (after `train()` and `save_model()`)."""
-    from trl import GRPOTrainer
-
     from papo.data.loading import load_training_dataset
     from papo.data.synthetic import save_synthetic_dataset
     from papo.rewards import make_reward_funcs
     from papo.tiny import save_tiny_vlm
     from papo.trainer import PAPOTrainer
 
-    if script_args.algorithm not in ("papo", "grpo"):
-        raise ValueError(f"algorithm must be 'papo' or 'grpo', got {script_args.algorithm!r}")
     embedded = Path(script_args.embedded_dir)
     if model_args.model_name_or_path is None:
         model_args.model_name_or_path = str(save_tiny_vlm(embedded / "tiny-qwen2_5_vl"))
@@ -183,8 +176,8 @@ def train(script_args, training_args, model_args):
     print(f"Training data {dataset_source} [{script_args.dataset_split}]: {report}")
 
     model, processor = load_model_for_training(model_args, script_args.min_pixels, script_args.max_pixels)
-    trainer_cls = PAPOTrainer if script_args.algorithm == "papo" else GRPOTrainer
-    trainer = trainer_cls(
+    # One trainer for all four algorithms: GRPO/DAPO are PAPOTrainer with perception_loss: false.
+    trainer = PAPOTrainer(
         model=model,
         processing_class=processor,
         reward_funcs=make_reward_funcs(script_args.grader, script_args.format_pattern),

@@ -24,12 +24,14 @@ checkpoints, `push_to_hub` — is TRL's.
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from papo.loss import (
     aggregate,
@@ -41,6 +43,8 @@ from papo.loss import (
 )
 from papo.masking import MaskingConfig, check_same_grid, mask_images, mask_seed, prompt_key
 
+logger = logging.getLogger(__name__)
+
 # loss types whose normaliser already covers gradient accumulation (TRL divides the others by it)
 _GLOBAL_NORMALISED = ("dapo", "cispo", "vespo")
 
@@ -49,6 +53,17 @@ _GLOBAL_NORMALISED = ("dapo", "cispo", "vespo")
 class PAPOConfig(GRPOConfig):
     """GRPOConfig plus the PAPO settings. Defaults are the official PAPO-G 3B values (spec §3)."""
 
+    perception_loss: bool = field(
+        default=True,
+        metadata={"help": "add the PAPO terms; false = the GRPO/DAPO baseline (no masked forward at all)."},
+    )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={"help": "DAPO: drop groups whose accuracy is all 0 or all 1 and refill the batch."},
+    )
+    dynamic_sampling_max_tries: int = field(
+        default=20, metadata={"help": "refill attempts per generation batch (official max_try_make_batch)."}
+    )
     perception_kl_coef: float = field(
         default=0.02,
         metadata={"help": "γ, weight of the perception KL, which is maximised (official kl_prcp_coef)."},
@@ -148,7 +163,21 @@ class PAPOTrainer(GRPOTrainer):
 
     # --- wrapped TRL method 1: generation ------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = self._generate_once(inputs)
+        if self.args.dynamic_sampling and self.model.training:
+            output = self._dynamic_sampling(output)
+        return output
+
+    def _generate_once(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """TRL's generation and scoring, plus the masked-image log-probs (and per-row accuracy if needed)."""
         output = super()._generate_and_score_completions(inputs)
+        if self._papo_rewards is not None:
+            output["papo_accuracy"] = self._local_accuracy(len(inputs), output["completion_ids"].device)
+        if self.args.perception_loss:
+            self._add_masked_logps(inputs, output)
+        return output
+
+    def _add_masked_logps(self, inputs: list[dict[str, Any]], output: dict[str, Any]) -> None:
         images = [_row_images(row) for row in inputs]
         if any(not row_images for row_images in images):
             raise ValueError(
@@ -195,9 +224,62 @@ class PAPOTrainer(GRPOTrainer):
             output["masked_pixel_values"] = [
                 torch.cat(per_image[bounds[i] : bounds[i + 1]]) for i in range(len(bounds) - 1)
             ]
-        if self._papo_rewards is not None:
-            output["papo_accuracy"] = self._local_accuracy(len(inputs), output["completion_ids"].device)
-        return output
+
+    def _dynamic_sampling(self, output: dict[str, Any]) -> dict[str, Any]:
+        """DAPO's dynamic sampling: keep groups with 0 < mean accuracy < 1, refill from the dataset.
+
+        Groups whose rollouts are all right or all wrong have zero advantage and teach nothing. Like
+        the official `online_filtering` (accuracy in (0.01, 0.99), `max_try_make_batch`), we draw
+        replacement prompts and generate again until the batch is full; if the tries run out the
+        batch is topped up with filtered groups and a warning is logged (the official code raises).
+        One process only for now: a group's rollouts may sit on several ranks.
+        """
+        if self.accelerator.num_processes > 1:
+            raise NotImplementedError(
+                "dynamic_sampling runs on one process for now; set dynamic_sampling: false"
+            )
+        group = self.num_generations
+        needed = output["completion_ids"].size(0) // group
+        first = _split_images(output)
+        informative, dropped = [], []
+        tries = 0
+        current = first
+        while True:
+            accuracy = current["papo_accuracy"].view(-1, group).mean(1)
+            keep = (accuracy > 0.01) & (accuracy < 0.99)
+            informative += [(current, g) for g in keep.nonzero().flatten().tolist()]
+            dropped += [(current, g) for g in (~keep).nonzero().flatten().tolist()]
+            if len(informative) >= needed or tries >= self.args.dynamic_sampling_max_tries:
+                break
+            tries += 1
+            current = _split_images(self._generate_once(self._refill_rows(needed - len(informative), tries)))
+        mode = "train"
+        self._metrics[mode]["dynamic_sampling/tries"].append(float(tries))
+        self._metrics[mode]["dynamic_sampling/informative_groups"].append(float(len(informative)))
+        if len(informative) < needed:
+            logger.warning(
+                "dynamic sampling: only %d/%d informative groups after %d tries; topping up with uninformative ones",
+                len(informative),
+                needed,
+                tries,
+            )
+        chosen = (informative + dropped)[:needed]
+        rows = [(piece, g * group + i) for piece, g in chosen for i in range(group)]
+        merged = _gather_rows(rows, pad_token_id=self._pad_token_id)
+        merged["num_items_in_batch"] = merged["completion_mask"].sum().to(output["num_items_in_batch"].dtype)
+        return unsplit_pixel_values_by_grid(merged)
+
+    @property
+    def _pad_token_id(self) -> int:
+        return getattr(self.processing_class, "tokenizer", self.processing_class).pad_token_id
+
+    def _refill_rows(self, groups: int, attempt: int) -> list[dict[str, Any]]:
+        """`groups` fresh prompts drawn (seeded) from the training set, each repeated G times."""
+        generator = torch.Generator().manual_seed(
+            self.args.seed * 1_000_003 + self.state.global_step * 101 + attempt
+        )
+        indices = torch.randint(len(self.train_dataset), (groups,), generator=generator).tolist()
+        return [self.train_dataset[i] for i in indices for _ in range(self.num_generations)]
 
     # --- wrapped TRL method 2: per-token log-probs ---------------------------------------------
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
@@ -208,12 +290,17 @@ class PAPOTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if self.args.perception_kl_apply_mode != "all":
+        needs_accuracy = self.args.dynamic_sampling or (
+            self.args.perception_loss and self.args.perception_kl_apply_mode != "all"
+        )
+        if needs_accuracy:
             self._papo_rewards = rewards
         return rewards
 
     # --- wrapped TRL method 3 (public): the loss ------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self.args.perception_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         self._papo_capture = []
         try:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -314,8 +401,8 @@ class PAPOTrainer(GRPOTrainer):
         name = self.args.perception_kl_accuracy_reward
         if name not in names:
             raise ValueError(
-                f"perception_kl_apply_mode={self.args.perception_kl_apply_mode!r} needs a reward function named "
-                f"{name!r} (perception_kl_accuracy_reward); the reward functions are {names}"
+                f"dynamic_sampling / perception_kl_apply_mode={self.args.perception_kl_apply_mode!r} need a reward "
+                f"function named {name!r} (perception_kl_accuracy_reward); the reward functions are {names}"
             )
         start = self.accelerator.process_index * batch_size
         accuracy = self._papo_rewards[start : start + batch_size, names.index(name)]
@@ -340,3 +427,44 @@ def _image_kwargs(batch: dict[str, Any], pixel_values: torch.Tensor) -> dict[str
         if batch.get(key) is not None:
             kwargs[key] = batch[key]
     return kwargs
+
+
+def _split_images(output: dict[str, Any]) -> dict[str, Any]:
+    """Per-sample pixel values / grids (TRL's helper), so rows can be selected like any other key."""
+    return split_pixel_values_by_grid(output)
+
+
+# per-row tensors whose second dimension is the prompt (left-padded) rather than the completion
+_PROMPT_KEYS = ("prompt_ids", "prompt_mask", "mm_token_type_ids", "token_type_ids")
+
+
+def _gather_rows(rows: list[tuple[dict[str, Any], int]], pad_token_id: int) -> dict[str, Any]:
+    """Build one generation output from (output, row index) pairs taken from several outputs.
+
+    Per-row tensors are re-padded to the longest piece: prompt-side keys on the left (prompts are
+    left-padded), completion-side keys on the right; lists are gathered item by item. Scalars (the
+    token count) are left for the caller to recompute.
+    """
+    merged: dict[str, Any] = {}
+    for key, value in rows[0][0].items():
+        if isinstance(value, torch.Tensor) and value.ndim == 0:
+            continue
+        items = [piece[key][i] for piece, i in rows]
+        if not isinstance(value, torch.Tensor):
+            merged[key] = items
+            continue
+        if value.ndim == 1:
+            merged[key] = torch.stack(items)
+            continue
+        width = max(item.size(-1) for item in items)
+        pad_value = pad_token_id if key == "prompt_ids" else 0
+        left = key in _PROMPT_KEYS
+        merged[key] = torch.stack(
+            [
+                torch.nn.functional.pad(
+                    item, (width - item.size(-1), 0) if left else (0, width - item.size(-1)), value=pad_value
+                )
+                for item in items
+            ]
+        )
+    return merged

@@ -93,5 +93,7 @@ def test_train_presets_parse(tmp_path):
         script_args, training_args, model_args = parse_train_args(
             ["--config", preset, "--output_dir", str(tmp_path), "--bf16", "false"]  # this CPU has no bf16
         )
-        assert script_args.algorithm in ("papo", "grpo")
+        papo = preset.startswith(("papo", "demo"))
+        assert training_args.perception_loss == papo, preset
+        assert training_args.dynamic_sampling == ("dapo" in preset or "papo-d" in preset), preset
         assert training_args.loss_type == "bnpo" and training_args.reward_weights == [0.9, 0.1]

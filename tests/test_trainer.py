@@ -49,14 +49,14 @@ def _config(tmp_path, **overrides) -> PAPOConfig:
     return PAPOConfig(**values)
 
 
-def _trainer(cls, model_dir, dataset, args, model=None, peft_config=None):
+def _trainer(cls, model_dir, dataset, args, model=None, peft_config=None, reward_funcs=None):
     from transformers import AutoModelForImageTextToText
 
     model = model if model is not None else AutoModelForImageTextToText.from_pretrained(model_dir)
     return cls(
         model=model,
         processing_class=load_processor(model_dir),
-        reward_funcs=make_reward_funcs(),
+        reward_funcs=reward_funcs or make_reward_funcs(),
         args=args,
         train_dataset=dataset,
         peft_config=peft_config,
@@ -247,3 +247,142 @@ def test_bad_papo_settings_fail_at_configuration(tmp_path):
         _config(tmp_path, perception_kl_schedule="cosine")
     with pytest.raises(ValueError, match="entropy_estimator"):
         _config(tmp_path, entropy_estimator="nope")
+
+
+def _scripted_accuracy(script):
+    """An `accuracy_reward` stand-in: call k returns script(k, n) for n completions (the tiny model
+    never answers correctly, so tests that need informative groups script the accuracy)."""
+    calls = []
+
+    def accuracy_reward(completions, **kwargs):
+        calls.append(len(completions))
+        return script(len(calls), len(completions))
+
+    return accuracy_reward, calls
+
+
+def _format_reward(completions, **kwargs):
+    return [0.0] * len(completions)
+
+
+def test_perception_loss_off_is_plain_grpo(tmp_path, tiny_model_dirs, train_dataset, monkeypatch):
+    model_dir = tiny_model_dirs["qwen2_5_vl"]
+    args = _config(tmp_path, perception_loss=False, beta=0.01)
+    papo = _trainer(PAPOTrainer, model_dir, train_dataset, args)
+    grpo = _trainer(GRPOTrainer, model_dir, train_dataset, args, model=copy.deepcopy(papo.model))
+    papo.model.train()
+    calls = _count_forwards(papo, monkeypatch)
+    inputs = papo._generate_and_score_completions(_generation_inputs(train_dataset))
+    assert "masked_per_token_logps" not in inputs
+    assert len(calls) == 1  # the reference pass only: no masked forward
+    papo_loss, papo_grads = _loss_and_grads(papo, inputs)
+    grpo_loss, grpo_grads = _loss_and_grads(grpo, inputs)
+    torch.testing.assert_close(papo_loss, grpo_loss)
+    for name in grpo_grads:
+        torch.testing.assert_close(papo_grads[name], grpo_grads[name])
+
+
+def test_gather_rows_rebuilds_the_batch(tmp_path, tiny_model_dirs, train_dataset):
+    trainer = _trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, _config(tmp_path))
+    trainer.model.train()
+    output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    split = trainer_module._split_images(output)
+    rows = [(split, i) for i in range(output["completion_ids"].size(0))]
+    rebuilt = trainer_module.unsplit_pixel_values_by_grid(
+        trainer_module._gather_rows(rows, trainer._pad_token_id)
+    )
+    for key, value in output.items():
+        if key == "num_items_in_batch":
+            continue
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(rebuilt[key], value), key
+        else:
+            assert rebuilt[key] == value, key
+
+
+def test_dynamic_sampling_refills_with_informative_groups(tmp_path, tiny_model_dirs, train_dataset):
+    # first batch: every group all wrong (uninformative); refills: half of each group right
+    accuracy, calls = _scripted_accuracy(
+        lambda k, n: [0.0] * n if k == 1 else [float(i % 2) for i in range(n)]
+    )
+    args = _config(tmp_path, dynamic_sampling=True, perception_kl_coef=0.01)
+    trainer = _trainer(
+        PAPOTrainer,
+        tiny_model_dirs["qwen2_5_vl"],
+        train_dataset,
+        args,
+        reward_funcs=[accuracy, _format_reward],
+    )
+    trainer.model.train()
+    output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    assert len(calls) == 2  # one refill
+    assert output["completion_ids"].size(0) == 2 * G
+    assert torch.equal(output["papo_accuracy"].view(-1, G).mean(1), torch.full((2,), 0.5))
+    assert output["image_grid_thw"].size(0) == sum(output["num_images"])
+    assert output["pixel_values"].size(0) == int(output["image_grid_thw"].prod(-1).sum())
+    assert int(output["num_items_in_batch"]) == int(output["completion_mask"].sum())
+    assert trainer._metrics["train"]["dynamic_sampling/tries"] == [1.0]
+    assert output["masked_per_token_logps"].shape == output["completion_ids"].shape
+    loss, _ = _loss_and_grads(trainer, output)
+    assert torch.isfinite(loss)
+
+
+def test_dynamic_sampling_gives_up_after_max_tries(tmp_path, tiny_model_dirs, train_dataset, caplog):
+    accuracy, calls = _scripted_accuracy(lambda k, n: [0.0] * n)
+    args = _config(tmp_path, dynamic_sampling=True, dynamic_sampling_max_tries=2)
+    trainer = _trainer(
+        PAPOTrainer,
+        tiny_model_dirs["qwen2_5_vl"],
+        train_dataset,
+        args,
+        reward_funcs=[accuracy, _format_reward],
+    )
+    trainer.model.train()
+    output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    assert len(calls) == 3 and output["completion_ids"].size(0) == 2 * G
+    assert "only 0/2 informative groups after 2 tries" in caplog.text
+
+
+# The four algorithms of the presets (spec §3), at tiny sizes.
+ALGORITHMS = {
+    "grpo": dict(perception_loss=False, beta=0.01, epsilon_high=0.3),
+    "papo-g": dict(perception_loss=True, beta=0.01, epsilon_high=0.3, perception_kl_coef=0.02),
+    "dapo": dict(perception_loss=False, beta=0.0, epsilon_high=0.28, dynamic_sampling=True),
+    "papo-d": dict(
+        perception_loss=True,
+        beta=0.0,
+        epsilon_high=0.28,
+        dynamic_sampling=True,
+        perception_kl_coef=0.01,
+        entropy_original_coef=0.03,
+        entropy_masked_coef=0.03,
+    ),
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_each_algorithm_trains_the_adapter(tmp_path, tiny_model_dirs, train_dataset, algorithm):
+    from peft import LoraConfig
+
+    from papo.train import LANGUAGE_LORA_TARGETS
+
+    generator = torch.Generator().manual_seed(0)
+    accuracy, _ = _scripted_accuracy(
+        lambda k, n: torch.randint(0, 2, (n,), generator=generator).float().tolist()
+    )
+    args = _config(tmp_path, max_steps=2, **ALGORITHMS[algorithm])
+    trainer = _trainer(
+        PAPOTrainer,
+        tiny_model_dirs["qwen2_5_vl"],
+        train_dataset,
+        args,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=LANGUAGE_LORA_TARGETS),
+        reward_funcs=[accuracy, _format_reward],
+    )
+    before = _adapter_weights(trainer.model)
+    trainer.train()
+    after = _adapter_weights(trainer.model)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    logged = {k for log in trainer.state.log_history for k in log}
+    assert ("perception_kl" in logged) == ALGORITHMS[algorithm]["perception_loss"]
+    assert ("dynamic_sampling/tries" in logged) == ALGORITHMS[algorithm].get("dynamic_sampling", False)
