@@ -27,10 +27,9 @@ def run_variant(variant: str, steps: int, warmup: int, recompute: bool) -> dict:
 
     from papo.data.loading import load_training_dataset
     from papo.data.synthetic import make_synthetic_dataset
-    from papo.modeling import load_processor
+    from papo.modeling import LANGUAGE_LORA_TARGETS, load_processor
     from papo.rewards import PAPO_REWARD_WEIGHTS, make_reward_funcs
     from papo.tiny import save_tiny_vlm
-    from papo.train import LANGUAGE_LORA_TARGETS
     from papo.trainer import PAPOConfig, PAPOTrainer
 
     root = tempfile.mkdtemp(prefix="papo-bench-")

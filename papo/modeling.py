@@ -39,3 +39,109 @@ def load_vlm(
     if device is not None:
         model = model.to(device)
     return model.eval(), load_processor(name_or_path)
+
+
+# Kept out of 4-bit: the vision tower (small, and it overflows in fp16 on T4s) and the output head.
+QUANTIZATION_SKIP_MODULES = ["model.visual", "visual", "lm_head"]
+# LoRA on the language model's projections only: the vision tower stays frozen (the default under
+# LoRA), and the vision MLP's gate/up/down_proj — same names as the LM's — are not caught.
+LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+VISION_LORA_TARGETS = r".*visual\.blocks.*\.(qkv|proj|gate_proj|up_proj|down_proj)"
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 where the GPU has it, fp16 on older GPUs (T4), fp32 on the CPU."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def four_bit_config(quant_type: str = "nf4", double_quant: bool = True):
+    """QLoRA's 4-bit config: NF4, double quantisation, compute dtype from the device, vision unquantised."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(),
+        llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES,
+    )
+
+
+def keep_4bit_weights_unpacked_on_cpu(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, the first no-grad forward in eval mode (generation, evaluation)
+    repacks each `Linear4bit` weight in place for a faster kernel; the next training forward then
+    fails ("a view of a leaf Variable that requires grad is being used in an in-place operation").
+    Training alternates the two modes, so on the CPU we keep the training layout. Returns the
+    number of layers changed.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+def load_model_for_training(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: str | None = "auto",
+    load_in_4bit: bool = False,
+    revision: str = "main",
+    attn_implementation: str | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+):
+    """(policy model, processor) for training, optionally in 4-bit for QLoRA."""
+    from transformers import AutoModelForImageTextToText
+
+    torch_dtype = DTYPES.get(dtype or "auto")
+    if torch_dtype is None:
+        raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    quantization_config = four_bit_config() if load_in_4bit else None
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            str(name_or_path),
+            revision=revision,
+            dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+            quantization_config=quantization_config,
+        )
+    except (ImportError, RuntimeError) as err:
+        if not load_in_4bit:
+            raise
+        raise ValueError(
+            f"load_in_4bit: 4-bit loading failed on this machine ({type(err).__name__}: {err}). QLoRA needs "
+            "bitsandbytes with a backend for this device; run without --load_in_4bit (plain LoRA) instead."
+        ) from err
+    if load_in_4bit and not torch.cuda.is_available():
+        keep_4bit_weights_unpacked_on_cpu(model)
+    processor = load_processor(name_or_path, revision=revision)
+    set_pixel_bounds(processor, min_pixels, max_pixels)
+    return model, processor
+
+
+def set_pixel_bounds(processor, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Set the Qwen image processor's resize bounds (pixels), as the official `process_image` does."""
+    current = processor.image_processor.size
+    size = {"shortest_edge": current["shortest_edge"], "longest_edge": current["longest_edge"]}
+    if min_pixels is not None:
+        size["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        size["longest_edge"] = max_pixels
+    if size["shortest_edge"] > size["longest_edge"]:
+        raise ValueError(
+            f"min_pixels ({size['shortest_edge']}) must not exceed max_pixels ({size['longest_edge']})"
+        )
+    processor.image_processor.size = size
+
+
+def lora_target_modules(include_vision: bool = False) -> str:
+    """The LoRA target regex: the language model's projections, plus the vision blocks if asked."""
+    if include_vision:
+        return f"({LANGUAGE_LORA_TARGETS})|({VISION_LORA_TARGETS})"
+    return LANGUAGE_LORA_TARGETS

@@ -20,10 +20,6 @@ from transformers import TrainerCallback
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "demo"
-# LoRA on the language model's projections only: the vision tower stays frozen (the default under
-# LoRA), and the vision MLP's gate/up/down_proj — same names as the LM's — are not caught.
-LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-VISION_LORA_TARGETS = r".*visual\.blocks.*\.(qkv|proj|gate_proj|up_proj|down_proj)"
 
 
 @dataclass
@@ -88,52 +84,15 @@ def parse_train_args(argv: list[str]):
 
 
 def build_peft_config(model_args, script_args):
+    """TRL's LoRA config from ModelConfig, targeting the language model unless told otherwise."""
     from trl import get_peft_config
+
+    from papo.modeling import lora_target_modules
 
     peft_config = get_peft_config(model_args)
     if peft_config is not None and model_args.lora_target_modules is None:
-        targets = LANGUAGE_LORA_TARGETS
-        if script_args.lora_vision_tower:
-            targets = f"({LANGUAGE_LORA_TARGETS})|({VISION_LORA_TARGETS})"
-        peft_config.target_modules = targets
+        peft_config.target_modules = lora_target_modules(script_args.lora_vision_tower)
     return peft_config
-
-
-def load_model_for_training(model_args, min_pixels: int | None = None, max_pixels: int | None = None):
-    """The policy model (optionally 4-bit) and its processor, from a Hub id or a local path."""
-    import torch
-    from transformers import AutoModelForImageTextToText
-    from trl import get_quantization_config
-
-    from papo.modeling import load_processor
-
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    quantization_config = get_quantization_config(model_args)
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=dtype,
-        attn_implementation=model_args.attn_implementation,
-        quantization_config=quantization_config,
-    )
-    processor = load_processor(model_args.model_name_or_path, revision=model_args.model_revision)
-    set_pixel_bounds(processor, min_pixels, max_pixels)
-    return model, processor
-
-
-def set_pixel_bounds(processor, min_pixels: int | None, max_pixels: int | None) -> None:
-    """Set the Qwen image processor's resize bounds (pixels), as the official `process_image` does."""
-    current = processor.image_processor.size
-    size = {"shortest_edge": current.shortest_edge, "longest_edge": current.longest_edge}
-    if min_pixels is not None:
-        size["shortest_edge"] = min_pixels
-    if max_pixels is not None:
-        size["longest_edge"] = max_pixels
-    if size["shortest_edge"] > size["longest_edge"]:
-        raise ValueError(
-            f"min_pixels ({size['shortest_edge']}) must not exceed max_pixels ({size['longest_edge']})"
-        )
-    processor.image_processor.size = size
 
 
 class JsonlMetricsCallback(TrainerCallback):
@@ -153,6 +112,7 @@ def train(script_args, training_args, model_args):
     """Run one training job; returns the trainer (after `train()` and `save_model()`)."""
     from papo.data.loading import load_training_dataset
     from papo.data.synthetic import save_synthetic_dataset
+    from papo.modeling import load_model_for_training
     from papo.rewards import make_reward_funcs
     from papo.tiny import save_tiny_vlm
     from papo.trainer import PAPOTrainer
@@ -175,7 +135,17 @@ def train(script_args, training_args, model_args):
     )
     print(f"Training data {dataset_source} [{script_args.dataset_split}]: {report}")
 
-    model, processor = load_model_for_training(model_args, script_args.min_pixels, script_args.max_pixels)
+    if model_args.load_in_8bit:
+        raise ValueError("load_in_8bit is not supported; use load_in_4bit (QLoRA) or neither (LoRA)")
+    model, processor = load_model_for_training(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype,
+        load_in_4bit=model_args.load_in_4bit,
+        revision=model_args.model_revision,
+        attn_implementation=model_args.attn_implementation,
+        min_pixels=script_args.min_pixels,
+        max_pixels=script_args.max_pixels,
+    )
     # One trainer for all four algorithms: GRPO/DAPO are PAPOTrainer with perception_loss: false.
     trainer = PAPOTrainer(
         model=model,

@@ -200,7 +200,8 @@ def _adapter_weights(model):
 def test_short_lora_training_run_logs_perception_kl(tmp_path, tiny_model_dirs, train_dataset, arch):
     from peft import LoraConfig
 
-    from papo.train import LANGUAGE_LORA_TARGETS, JsonlMetricsCallback
+    from papo.modeling import LANGUAGE_LORA_TARGETS
+    from papo.train import JsonlMetricsCallback
 
     model_dir = tiny_model_dirs[arch]
     args = _config(tmp_path, max_steps=2, beta=0.01, perception_kl_coef=0.02)
@@ -364,7 +365,7 @@ ALGORITHMS = {
 def test_each_algorithm_trains_the_adapter(tmp_path, tiny_model_dirs, train_dataset, algorithm):
     from peft import LoraConfig
 
-    from papo.train import LANGUAGE_LORA_TARGETS
+    from papo.modeling import LANGUAGE_LORA_TARGETS
 
     generator = torch.Generator().manual_seed(0)
     accuracy, _ = _scripted_accuracy(
