@@ -40,6 +40,12 @@ class PAPOScriptArguments:
     grader: str = field(default="mathruler", metadata={"help": "mathruler (official) | math_verify."})
     format_pattern: str = field(default="strict", metadata={"help": "strict (Qwen2.5) | relaxed (Qwen3)."})
     lora_vision_tower: bool = field(default=False, metadata={"help": "also put LoRA on the vision tower."})
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "skip/reject prompts longer than this many tokens, images included (official 4096)."
+        },
+    )
     min_pixels: int | None = field(
         default=None, metadata={"help": "image processor lower bound (official 200704)."}
     )
@@ -110,7 +116,7 @@ class JsonlMetricsCallback(TrainerCallback):
 
 def train(script_args, training_args, model_args):
     """Run one training job; returns the trainer (after `train()` and `save_model()`)."""
-    from papo.data.loading import load_training_dataset
+    from papo.data.loading import filter_long_prompts, load_training_dataset
     from papo.data.synthetic import save_synthetic_dataset
     from papo.modeling import load_model_for_training
     from papo.rewards import make_reward_funcs
@@ -146,6 +152,15 @@ def train(script_args, training_args, model_args):
         min_pixels=script_args.min_pixels,
         max_pixels=script_args.max_pixels,
     )
+    if script_args.max_prompt_length is not None:
+        train_dataset, report = filter_long_prompts(
+            train_dataset,
+            processor,
+            script_args.max_prompt_length,
+            skip_invalid=script_args.skip_invalid,
+            report=report,
+        )
+        print(f"After the prompt-length filter (max {script_args.max_prompt_length} tokens): {report}")
     # One trainer for all four algorithms: GRPO/DAPO are PAPOTrainer with perception_loss: false.
     trainer = PAPOTrainer(
         model=model,

@@ -190,6 +190,65 @@ def prepare_papo_dataset(
     return dataset.add_column("prompt", prompts), report
 
 
+def prompt_token_count(processor, prompt: list[dict[str, Any]], image_sizes: list[tuple[int, int]]) -> int:
+    """Tokens the model sees for `prompt`, image tokens included, without processing any pixels.
+
+    The chat template puts one image placeholder per image; the processor expands each to
+    `image_grid_thw.prod() / merge_size**2` tokens, which `_get_num_multimodal_tokens` computes from
+    the image size alone.
+    """
+    text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    text_tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not image_sizes:
+        return text_tokens
+    per_image = processor._get_num_multimodal_tokens(image_sizes=image_sizes)["num_image_tokens"]
+    return text_tokens + sum(n - 1 for n in per_image)  # each placeholder token becomes n tokens
+
+
+def filter_long_prompts(
+    dataset: Dataset,
+    processor,
+    max_prompt_length: int,
+    *,
+    skip_invalid: bool = False,
+    image_key: str = "images",
+    report: ValidationReport | None = None,
+    show_progress: bool = True,
+) -> tuple[Dataset, ValidationReport]:
+    """Drop (or reject) rows whose prompt is longer than `max_prompt_length` tokens, images included.
+
+    The official recipe filters overlong prompts (> 4096 tokens) out of the data. We never truncate
+    a prompt: cutting it would remove image tokens (or the question after them) and silently
+    misalign the image features. A too-long row raises `InvalidRowError` (field 'prompt') or, with
+    `skip_invalid`, is skipped and counted in the report.
+    """
+    report = report or ValidationReport(total=len(dataset), kept=len(dataset))
+    sizes_view = dataset.select_columns(["prompt", image_key])
+    kept = []
+    rows = tqdm(sizes_view, total=len(dataset), desc="Counting prompt tokens", disable=not show_progress)
+    for index, row in enumerate(rows):
+        images = row[image_key] or []
+        length = prompt_token_count(processor, row["prompt"], [(im.height, im.width) for im in images])
+        if length <= max_prompt_length:
+            kept.append(index)
+            continue
+        error = InvalidRowError(
+            index,
+            "prompt",
+            f"{length} tokens with image tokens > max_prompt_length={max_prompt_length} (prompts are never "
+            "truncated: that would cut image tokens; raise max_prompt_length or lower max_pixels)",
+        )
+        if not skip_invalid:
+            raise error
+        report.skipped_by_field["prompt"] += 1
+        if len(report.first_errors) < 5:
+            report.first_errors.append(str(error).split(". Fix the data")[0])
+    report.kept -= len(dataset) - len(kept)
+    if not kept:
+        raise ValueError(f"no valid rows left in the dataset ({report})")
+    return (dataset.select(kept) if len(kept) < len(dataset) else dataset), report
+
+
 def load_training_dataset(
     source: str | os.PathLike | Dataset | DatasetDict,
     split: str = "train",

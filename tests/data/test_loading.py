@@ -173,3 +173,35 @@ def test_numeric_answers_become_strings():
         datasets.Dataset.from_list(rows, features=features), show_progress=False
     )
     assert dataset["answer"] == ["0", "1"]
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_prompt_token_count_matches_the_processor(arch):
+    from papo.data.loading import prompt_token_count
+    from papo.tiny import build_processor
+
+    processor = build_processor(arch)
+    prompt = build_prompt("<image>How many red circles? And <image> this one?")
+    images = [Image.new("RGB", (97, 53)), Image.new("RGB", (64, 64))]
+    text = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    actual = processor(text=[text], images=images, return_tensors="pt")["input_ids"].shape[1]
+    assert prompt_token_count(processor, prompt, [(im.height, im.width) for im in images]) == actual
+
+
+def test_long_prompts_are_rejected_or_skipped_never_truncated():
+    from papo.data.loading import filter_long_prompts
+    from papo.tiny import build_processor
+
+    processor = build_processor()
+    rows = [_good_row(i) for i in range(3)]
+    rows[1] = {**rows[1], "problem": "<image>" + "Describe every detail of this figure. " * 40}
+    dataset, report = prepare_papo_dataset(_dataset(rows), show_progress=False)
+    with pytest.raises(InvalidRowError) as info:
+        filter_long_prompts(dataset, processor, 200, show_progress=False)
+    assert info.value.row == 1 and info.value.field == "prompt" and "max_prompt_length=200" in str(info.value)
+    kept, report = filter_long_prompts(
+        dataset, processor, 200, skip_invalid=True, report=report, show_progress=False
+    )
+    assert kept["answer"] == ["0", "2"] and report.kept == 2 and report.skipped_by_field["prompt"] == 1
+    full, _ = filter_long_prompts(dataset, processor, 10_000, show_progress=False)
+    assert len(full) == 3
