@@ -387,3 +387,22 @@ def test_each_algorithm_trains_the_adapter(tmp_path, tiny_model_dirs, train_data
     logged = {k for log in trainer.state.log_history for k in log}
     assert ("perception_kl" in logged) == ALGORITHMS[algorithm]["perception_loss"]
     assert ("dynamic_sampling/tries" in logged) == ALGORITHMS[algorithm].get("dynamic_sampling", False)
+
+
+def test_micro_batch_smaller_than_group_trains(tmp_path, tiny_model_dirs, train_dataset):
+    """per_device_train_batch_size < num_generations: TRL spreads a group over micro-batches."""
+    from peft import LoraConfig
+
+    from papo.modeling import LANGUAGE_LORA_TARGETS
+
+    args = _config(tmp_path, per_device_train_batch_size=2, steps_per_generation=2, max_steps=2)
+    trainer = _trainer(
+        PAPOTrainer,
+        tiny_model_dirs["qwen2_5_vl"],
+        train_dataset,
+        args,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=LANGUAGE_LORA_TARGETS),
+    )
+    trainer.train()
+    kls = [log["perception_kl"] for log in trainer.state.log_history if "perception_kl" in log]
+    assert len(kls) == 2 and all(kl > 0 for kl in kls)
