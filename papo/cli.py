@@ -62,6 +62,52 @@ def _cmd_train(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from papo.data.synthetic import save_synthetic_dataset
+    from papo.evaluation.run import EvalConfig, run_eval
+    from papo.tiny import save_tiny_vlm
+
+    config = EvalConfig(
+        samples_per_question=args.samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        grader=args.grader,
+        seed=args.seed,
+        max_questions=args.max_questions,
+        perception_kl=not args.no_perception_kl,
+        kl_threshold=args.kl_threshold,
+        mask_ratio=args.mask_ratio,
+        skip_invalid=not args.fail_on_invalid,
+    )
+    embedded = Path(args.embedded_dir)
+    model = args.model or str(save_tiny_vlm(embedded / "tiny-qwen2_5_vl"))
+    sources = args.data
+    if not sources:
+        synthetic = embedded / "synthetic"
+        if not synthetic.exists():
+            save_synthetic_dataset(synthetic, seed=args.seed)
+        sources = [str(synthetic)]
+    result = run_eval(
+        model,
+        sources,
+        args.output_dir,
+        config,
+        adapter=args.adapter,
+        label=args.label,
+        split=args.split,
+        image_dir=args.image_dir,
+        compare=args.compare,
+        dtype=args.dtype,
+        device=args.device,
+    )
+    print(Path(result["paths"]["markdown"]).read_text() if "markdown" in result["paths"] else "")
+    for name, path in result["paths"].items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Build the embedded defaults if absent, then generate and score answers on the synthetic test split.
 
@@ -127,6 +173,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="train with PAPO on TRL (default: the demo preset); `papo train --help` lists every option",
         add_help=False,
     )
+    ev = sub.add_parser("eval", help="evaluate a model (+ PEFT adapter) with the paper's avg@k protocol")
+    ev.add_argument("--model", default=None, help="Hub id or path; default: the embedded tiny model")
+    ev.add_argument("--adapter", default=None, help="PEFT adapter (Hub id or path), e.g. outputs/demo-train")
+    ev.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        help="eval set (repeatable): training-schema Hub id/dir/parquet, or a PAPO_eval ShareGPT JSON "
+        "(file or folder); default: the synthetic test split",
+    )
+    ev.add_argument("--split", default="test")
+    ev.add_argument(
+        "--image_dir", default=None, help="base folder of ShareGPT image paths (default: the JSON's)"
+    )
+    ev.add_argument("--output_dir", default=str(DEFAULT_OUTPUT / "eval"))
+    ev.add_argument("--label", default=None, help="name of this run in tables (default: adapter/model name)")
+    ev.add_argument("--compare", default=None, help="results.json of a baseline run: adds Δ%%rel and a plot")
+    ev.add_argument("--samples", type=int, default=8, help="samples per question (avg@k)")
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--top_p", type=float, default=1.0)
+    ev.add_argument("--max_new_tokens", type=int, default=2048)
+    ev.add_argument("--batch_size", type=int, default=8)
+    ev.add_argument("--max_questions", type=int, default=None, help="first N questions of each set")
+    ev.add_argument("--grader", default="mathruler", choices=["mathruler", "math_verify"])
+    ev.add_argument("--no_perception_kl", action="store_true", help="skip the per-token KL analysis")
+    ev.add_argument("--kl_threshold", type=float, default=0.1)
+    ev.add_argument("--mask_ratio", type=float, default=0.6)
+    ev.add_argument(
+        "--fail_on_invalid", action="store_true", help="stop at the first bad row (default: skip)"
+    )
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--dtype", default="auto")
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--embedded_dir", default=str(DEFAULT_OUTPUT))
+    ev.set_defaults(func=_cmd_eval)
+
     demo = sub.add_parser("demo", help="end-to-end offline demo on the tiny model and synthetic data")
     demo.add_argument("--output_dir", default=str(DEFAULT_OUTPUT / "demo"))
     demo.add_argument("--arch", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])

@@ -1,0 +1,106 @@
+"""Per-token perception KL of given answers: how much each generated token depended on the image.
+
+For an answer o to prompt q with image I, and the masked image I_mask drawn exactly as in training
+(`papo.masking`, seeded), the value at position t is the full-vocabulary KL
+
+    KL_t = Σ_v π(v | q, I, o_<t) · [log π(v | q, I, o_<t) − log π(v | q, I_mask, o_<t)]
+
+(the direction of the training loss, KL(π(·|I) ‖ π(·|I_mask)); spec §1.3). Training estimates it
+from the sampled token only (k3); at analysis time the whole distribution is at hand, so the exact
+value is used (``estimator="k3"`` gives the training estimator instead). Both forwards use the same
+token ids, attention mask and positions; only the image differs. This is what `papo eval` stores
+with each prediction and what the Space colours tokens by.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from papo.generation import render_prompt
+from papo.loss import per_token_kl
+from papo.masking import MaskingConfig, mask_images, mask_seed, prompt_key
+
+
+def masked_copies(
+    prompt: list[dict[str, Any]],
+    images: Sequence,
+    config: MaskingConfig,
+    seed: int,
+    image_processor,
+    draw: int = 0,
+) -> list:
+    """The masked images for one prompt, seeded like training (trainer seed, draw, prompt content)."""
+    key = prompt_key(list(images), json.dumps(prompt, default=str))
+    return mask_images(list(images), config, mask_seed(seed, draw, key), image_processor)
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model,
+    processor,
+    prompts: Sequence[list[dict[str, Any]]],
+    images: Sequence[Sequence],
+    completions: Sequence[list[int]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities over the vocabulary at each completion position.
+
+    Returns (logprobs (B, T, V) float32, mask (B, T)), T the longest completion; prompts left-padded
+    by the processor, completions right-padded.
+    """
+    texts = [render_prompt(processor, prompt) for prompt in prompts]
+    flat_images = [image for row in images for image in row]
+    inputs = processor(text=texts, images=flat_images or None, padding=True, return_tensors="pt").to(
+        model.device
+    )
+    width = max(len(c) for c in completions)
+    pad = processor.tokenizer.pad_token_id
+    completion_ids = torch.tensor(
+        [list(c) + [pad] * (width - len(c)) for c in completions], device=model.device
+    )
+    completion_mask = torch.tensor(
+        [[1] * len(c) + [0] * (width - len(c)) for c in completions], device=model.device
+    )
+    prompt_length = inputs["input_ids"].size(1)
+    forward = dict(inputs)
+    forward["input_ids"] = torch.cat([inputs["input_ids"], completion_ids], dim=1)
+    forward["attention_mask"] = torch.cat([inputs["attention_mask"], completion_mask], dim=1)
+    for key in ("mm_token_type_ids", "token_type_ids"):
+        if key in forward:  # completions are text: type 0
+            forward[key] = torch.nn.functional.pad(forward[key], (0, width))
+    logits = model(**forward).logits[:, prompt_length - 1 : prompt_length - 1 + width]
+    return torch.log_softmax(logits.float(), dim=-1), completion_mask
+
+
+def perception_kl_per_token(
+    model,
+    processor,
+    prompts: Sequence[list[dict[str, Any]]],
+    images: Sequence[Sequence],
+    completions: Sequence[list[int]],
+    *,
+    masking: MaskingConfig | None = None,
+    seed: int = 0,
+    estimator: str = "full",
+) -> list[list[float]]:
+    """KL(π(·|I) ‖ π(·|I_mask)) at every token of every completion (lists of each completion's length)."""
+    masking = masking or MaskingConfig()
+    masked = [
+        masked_copies(p, row, masking, seed, processor.image_processor)
+        for p, row in zip(prompts, images, strict=True)
+    ]
+    logp, mask = completion_logprobs(model, processor, prompts, images, completions)
+    logq, _ = completion_logprobs(model, processor, prompts, masked, completions)
+    if estimator == "full":
+        kl = (logp.exp() * (logp - logq)).sum(-1).clamp(min=0.0)  # >= 0; clamp float round-off only
+    elif estimator in ("k1", "k2", "k3"):
+        ids = torch.tensor([list(c) + [0] * (mask.size(1) - len(c)) for c in completions], device=logp.device)
+        sampled_p = logp.gather(-1, ids[..., None]).squeeze(-1)
+        sampled_q = logq.gather(-1, ids[..., None]).squeeze(-1)
+        kl = per_token_kl(sampled_p, sampled_q, estimator)
+    else:
+        raise ValueError(f"estimator must be 'full', 'k1', 'k2' or 'k3', got {estimator!r}")
+    return [row[: len(c)].tolist() for row, c in zip(kl.cpu(), completions, strict=True)]

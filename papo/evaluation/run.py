@@ -1,0 +1,246 @@
+"""`papo eval`: the paper's protocol on one or more eval sets, with per-token perception KL.
+
+Protocol (spec §5, PAPO-Eval): k = 8 samples per question at temperature 1.0, top_p 1.0, up to
+2048 new tokens; each sample's last ``\\boxed{}`` is graded with the reward's grader (mathruler),
+with no format requirement; a question scores the mean over its k samples, a benchmark the mean
+over its questions (avg@k). Everything is configurable.
+
+Outputs in ``output_dir``: ``predictions/<benchmark>.parquet`` (question, image, reference, every
+sample, extracted answer, correctness, tokens and per-token perception KL), ``results.json``,
+``results.md`` and, with a comparison run, ``comparison.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+
+from papo.analysis import perception_kl_per_token
+from papo.data.loading import PROMPT_SUFFIX, build_prompt, prepare_papo_dataset
+from papo.generation import generate_completions
+from papo.masking import MaskingConfig
+from papo.rewards import extract_boxed_answer, grade
+
+PREDICTION_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "benchmark": datasets.Value("string"),
+        "question": datasets.Value("string"),
+        "image": datasets.Image(),
+        "reference": datasets.Value("string"),
+        "samples": datasets.List(datasets.Value("string")),
+        "extracted": datasets.List(datasets.Value("string")),
+        "correct": datasets.List(datasets.Value("bool")),
+        "accuracy": datasets.Value("float64"),
+        "tokens": datasets.List(datasets.List(datasets.Value("string"))),
+        "perception_kl": datasets.List(datasets.List(datasets.Value("float32"))),
+    }
+)
+
+
+@dataclass
+class EvalConfig:
+    """Generation and analysis settings; defaults are the official protocol (avg@8)."""
+
+    samples_per_question: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 2048
+    batch_size: int = 8
+    grader: str = "mathruler"
+    seed: int = 0
+    max_questions: int | None = None
+    perception_kl: bool = True
+    kl_estimator: str = "full"
+    kl_threshold: float = 0.1
+    mask_ratio: float = 0.6
+    mask_patch_size: int = 14
+    mask_grid: str = "image"
+    skip_invalid: bool = True
+
+    def __post_init__(self):
+        for name in ("samples_per_question", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(
+                f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}"
+            )
+
+    @property
+    def masking(self) -> MaskingConfig:
+        return MaskingConfig(mask_ratio=self.mask_ratio, patch_size=self.mask_patch_size, grid=self.mask_grid)
+
+
+def eval_prompt(problem: str) -> list[dict[str, Any]]:
+    """The training prompt; PAPO_eval questions that already carry the instruction keep it once."""
+    if PROMPT_SUFFIX in problem:
+        problem = problem.replace(PROMPT_SUFFIX, "").rstrip()
+    return build_prompt(problem)
+
+
+def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, config: EvalConfig):
+    """Generate, grade and analyse one benchmark. Returns (predictions Dataset, summary dict)."""
+    if config.max_questions is not None:
+        dataset = dataset.select(range(min(config.max_questions, len(dataset))))
+    dataset, report = prepare_papo_dataset(dataset, skip_invalid=config.skip_invalid, show_progress=False)
+    k = config.samples_per_question
+    prompts = [eval_prompt(problem) for problem in dataset["problem"]]
+    images = dataset["images"]
+    # k consecutive copies of each question; seeded, so a rerun gives the same samples
+    outputs = generate_completions(
+        model,
+        processor,
+        [p for p in prompts for _ in range(k)],
+        [i for i in images for _ in range(k)],
+        max_new_tokens=config.max_new_tokens,
+        do_sample=config.temperature > 0,
+        temperature=config.temperature or 1.0,
+        top_p=config.top_p,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        show_progress=True,
+    )
+    kls: list[list[float]] = [[] for _ in outputs]
+    if config.perception_kl:
+        kls = []
+        starts = range(0, len(outputs), config.batch_size)
+        for start in tqdm(starts, desc=f"Perception KL [{name}]", unit="batch"):
+            chunk = slice(start, start + config.batch_size)
+            rows = range(len(outputs))[chunk]
+            kls += perception_kl_per_token(
+                model,
+                processor,
+                [prompts[i // k] for i in rows],
+                [images[i // k] for i in rows],
+                [outputs[i][1] or [processor.tokenizer.eos_token_id] for i in rows],
+                masking=config.masking,
+                seed=config.seed,
+                estimator=config.kl_estimator,
+            )
+
+    records = {key: [] for key in PREDICTION_FEATURES}
+    for q, row in enumerate(dataset):
+        samples = outputs[q * k : (q + 1) * k]
+        texts = [text for text, _ in samples]
+        extracted = [extract_boxed_answer(text) for text in texts]
+        correct = [grade(e, row["answer"], config.grader) for e in extracted]
+        records["id"].append(str(row["id"]))
+        records["benchmark"].append(name)
+        records["question"].append(row["problem"])
+        records["image"].append(row["images"][0])
+        records["reference"].append(row["answer"])
+        records["samples"].append(texts)
+        records["extracted"].append(extracted)
+        records["correct"].append(correct)
+        records["accuracy"].append(sum(correct) / k)
+        records["tokens"].append([processor.tokenizer.convert_ids_to_tokens(ids) for _, ids in samples])
+        records["perception_kl"].append(kls[q * k : (q + 1) * k])
+    predictions = datasets.Dataset.from_dict(records, features=PREDICTION_FEATURES)
+    all_kl = torch.tensor([v for sample in kls for v in sample]) if config.perception_kl else torch.tensor([])
+    summary = {
+        "accuracy": 100.0 * sum(records["accuracy"]) / max(len(records["accuracy"]), 1),
+        "n": len(predictions),
+        "samples_per_question": k,
+        "skipped_rows": report.skipped,
+    }
+    if all_kl.numel():
+        summary["perception_kl_mean"] = float(all_kl.mean())
+        summary["perception_kl_share_above"] = float((all_kl > config.kl_threshold).float().mean())
+        summary["perception_kl_threshold"] = config.kl_threshold
+    return predictions, summary
+
+
+def write_predictions(predictions: datasets.Dataset, path: Path) -> Path:
+    """Parquet, written to a temp file and renamed: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
+    os.close(fd)
+    try:
+        predictions.to_parquet(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def protocol(config: EvalConfig) -> dict[str, Any]:
+    return {**asdict(config), "metric": f"accuracy (avg@{config.samples_per_question})"}
+
+
+def load_model_and_adapter(
+    model_id: str, adapter: str | None = None, *, dtype: str = "auto", device: str | None = None
+):
+    """Base model (+ PEFT adapter), Hub ids or paths. Offline with no cached copy: a clear message."""
+    from papo.modeling import load_vlm
+
+    try:
+        model, processor = load_vlm(model_id, dtype=dtype, device=device)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).eval()
+    except OSError as err:
+        missing = adapter if adapter is not None and Path(model_id).exists() else model_id
+        raise ValueError(
+            f"could not load {missing!r}: it is not a local folder and is not in the Hugging Face cache "
+            f"(offline?). Download it first with `hf download {missing}`. ({type(err).__name__}: {err})"
+        ) from err
+    return model, processor
+
+
+def run_eval(
+    model_id: str,
+    sources: list[str],
+    output_dir: str | os.PathLike,
+    config: EvalConfig,
+    *,
+    adapter: str | None = None,
+    label: str | None = None,
+    split: str = "test",
+    image_dir: str | None = None,
+    compare: str | os.PathLike | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate one model on every source; write predictions, results.json, results.md (+ plot)."""
+    import json
+
+    from papo.evaluation.data import load_eval_set
+    from papo.evaluation.report import canonical_name, write_report
+
+    output_dir = Path(output_dir)
+    model, processor = load_model_and_adapter(model_id, adapter, dtype=dtype, device=device)
+    label = label or Path(str(adapter or model_id).rstrip("/")).name
+    summaries: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        raw_name, dataset = load_eval_set(source, split, image_dir)
+        name = canonical_name(raw_name)
+        print(f"Evaluating {label} on {name} ({len(dataset)} questions, k={config.samples_per_question})")
+        predictions, summary = evaluate_benchmark(model, processor, dataset, name, config)
+        write_predictions(predictions, output_dir / "predictions" / f"{name}.parquet")
+        summaries[name] = summary
+    runs = {label: {name: s["accuracy"] for name, s in summaries.items()}}
+    baseline = None
+    if compare is not None:
+        other = json.loads(Path(compare).read_text())
+        other_label = other.get("label", "baseline")
+        runs = {other_label: {n: b["accuracy"] for n, b in other["benchmarks"].items()}, **runs}
+        baseline = other_label
+    extra = {
+        "label": label,
+        "model": model_id,
+        "adapter": adapter,
+        "protocol": protocol(config),
+        "benchmarks": summaries,
+    }
+    paths = write_report(output_dir, runs, baseline=baseline, extra=extra)
+    return {"paths": paths, "summaries": summaries, "runs": runs}
