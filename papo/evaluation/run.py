@@ -215,7 +215,7 @@ def run_eval(
     import json
 
     from papo.evaluation.data import load_eval_set
-    from papo.evaluation.report import canonical_name, write_report
+    from papo.evaluation.report import canonical_name, summarize, write_report
 
     output_dir = Path(output_dir)
     model, processor = load_model_and_adapter(model_id, adapter, dtype=dtype, device=device)
@@ -241,6 +241,7 @@ def run_eval(
         "adapter": adapter,
         "protocol": protocol(config),
         "benchmarks": summaries,
+        "summary": summarize(runs[label]),  # this run: per-benchmark, group averages, overall (percent)
     }
     paths = write_report(output_dir, runs, baseline=baseline, extra=extra)
     return {"paths": paths, "summaries": summaries, "runs": runs}
