@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextmanager
+def explain_missing(name_or_path: str | os.PathLike):
+    """Turn "not found / offline" errors of `from_pretrained` into one that names the repo and the fix.
+
+    Hub ids work wherever a path does (they download to the normal cache); offline with no cached
+    copy the user needs to know which id and how to fetch it.
+    """
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        # PEFT reports a missing adapter as ValueError("Can't find 'adapter_config.json' ...")
+        if os.path.exists(str(name_or_path)) or (isinstance(err, ValueError) and "Can't find" not in str(err)):
+            raise
+        raise ValueError(
+            f"could not load {str(name_or_path)!r}: it is not a local folder and is not in the Hugging Face cache "
+            f"(offline, or a wrong id?). Download it first with `hf download {name_or_path}`. "
+            f"({type(err).__name__}: {err})"
+        ) from err
 
 
 def load_processor(name_or_path: str | os.PathLike, **kwargs):
@@ -18,7 +39,8 @@ def load_processor(name_or_path: str | os.PathLike, **kwargs):
     """
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(str(name_or_path), **kwargs)
+    with explain_missing(name_or_path):
+        processor = AutoProcessor.from_pretrained(str(name_or_path), **kwargs)
     processor.tokenizer.padding_side = "left"
     return processor
 
@@ -35,7 +57,8 @@ def load_vlm(
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
-    model = AutoModelForImageTextToText.from_pretrained(str(name_or_path), dtype=DTYPES[dtype], **kwargs)
+    with explain_missing(name_or_path):
+        model = AutoModelForImageTextToText.from_pretrained(str(name_or_path), dtype=DTYPES[dtype], **kwargs)
     if device is not None:
         model = model.to(device)
     return model.eval(), load_processor(name_or_path)
@@ -104,13 +127,14 @@ def load_model_for_training(
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
     quantization_config = four_bit_config() if load_in_4bit else None
     try:
-        model = AutoModelForImageTextToText.from_pretrained(
-            str(name_or_path),
-            revision=revision,
-            dtype=torch_dtype,
-            attn_implementation=attn_implementation,
-            quantization_config=quantization_config,
-        )
+        with explain_missing(name_or_path):
+            model = AutoModelForImageTextToText.from_pretrained(
+                str(name_or_path),
+                revision=revision,
+                dtype=torch_dtype,
+                attn_implementation=attn_implementation,
+                quantization_config=quantization_config,
+            )
     except (ImportError, RuntimeError) as err:
         if not load_in_4bit:
             raise

@@ -119,3 +119,12 @@ def test_pixel_bounds():
 def test_bad_dtype_is_named(tiny_model_dirs):
     with pytest.raises(ValueError, match="dtype='float8'"):
         load_model_for_training(tiny_model_dirs["qwen2_5_vl"], dtype="float8")
+
+
+def test_missing_hub_id_offline_names_the_repo_and_hf_download():
+    from papo.modeling import load_vlm
+
+    with pytest.raises(ValueError, match=r"'nobody/missing-vlm'.*hf download nobody/missing-vlm"):
+        load_vlm("nobody/missing-vlm")
+    with pytest.raises(ValueError, match="hf download nobody/missing-vlm"):
+        load_model_for_training("nobody/missing-vlm")

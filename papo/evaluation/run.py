@@ -180,20 +180,14 @@ def load_model_and_adapter(
     model_id: str, adapter: str | None = None, *, dtype: str = "auto", device: str | None = None
 ):
     """Base model (+ PEFT adapter), Hub ids or paths. Offline with no cached copy: a clear message."""
-    from papo.modeling import load_vlm
+    from papo.modeling import explain_missing, load_vlm
 
-    try:
-        model, processor = load_vlm(model_id, dtype=dtype, device=device)
-        if adapter is not None:
-            from peft import PeftModel
+    model, processor = load_vlm(model_id, dtype=dtype, device=device)
+    if adapter is not None:
+        from peft import PeftModel
 
+        with explain_missing(adapter):
             model = PeftModel.from_pretrained(model, adapter).eval()
-    except OSError as err:
-        missing = adapter if adapter is not None and Path(model_id).exists() else model_id
-        raise ValueError(
-            f"could not load {missing!r}: it is not a local folder and is not in the Hugging Face cache "
-            f"(offline?). Download it first with `hf download {missing}`. ({type(err).__name__}: {err})"
-        ) from err
     return model, processor
 
 

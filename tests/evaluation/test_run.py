@@ -111,3 +111,8 @@ def test_offline_missing_model_names_hf_download(tmp_path):
 def test_bad_eval_config_names_the_field():
     with pytest.raises(ValueError, match="samples_per_question"):
         EvalConfig(samples_per_question=0)
+
+
+def test_offline_missing_adapter_names_hf_download(tiny_model_dirs):
+    with pytest.raises(ValueError, match="hf download nobody/no-such-adapter"):
+        run_module.load_model_and_adapter(tiny_model_dirs["qwen2_5_vl"], "nobody/no-such-adapter")
