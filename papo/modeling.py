@@ -21,7 +21,9 @@ def explain_missing(name_or_path: str | os.PathLike):
         yield
     except (OSError, ValueError) as err:
         # PEFT reports a missing adapter as ValueError("Can't find 'adapter_config.json' ...")
-        if os.path.exists(str(name_or_path)) or (isinstance(err, ValueError) and "Can't find" not in str(err)):
+        if os.path.exists(str(name_or_path)) or (
+            isinstance(err, ValueError) and "Can't find" not in str(err)
+        ):
             raise
         raise ValueError(
             f"could not load {str(name_or_path)!r}: it is not a local folder and is not in the Hugging Face cache "
