@@ -58,11 +58,27 @@ def generate_completions(
             inputs = processor(text=texts, images=batch_images or None, padding=True, return_tensors="pt")
             inputs = inputs.to(model.device)
             sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **sampling)
+            output = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                suppress_tokens=_vision_placeholder_ids(model),
+                **sampling,
+            )
             for row in output[:, inputs["input_ids"].shape[1] :].tolist():
                 ids = _cut_at_stop(row, stop_ids)
                 completions.append((processor.decode(ids, skip_special_tokens=True), ids))
     return completions
+
+
+def _vision_placeholder_ids(model) -> list[int]:
+    """Image/video placeholder ids: a sampled one would not match any image features (as TRL does)."""
+    config = model.config
+    return [
+        i
+        for i in (getattr(config, "image_token_id", None), getattr(config, "video_token_id", None))
+        if i is not None
+    ]
 
 
 def _stop_token_ids(model, processor) -> set[int]:

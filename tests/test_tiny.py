@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from papo.generation import generate, render_prompt
+from papo.generation import generate, generate_completions, render_prompt
 from papo.modeling import load_processor, load_vlm
 from papo.tiny import ARCHITECTURES, QWEN_SPECIAL_TOKENS, build_tiny_vlm, build_tokenizer, save_tiny_vlm
 
@@ -150,3 +150,20 @@ def test_save_is_atomic_and_keeps_existing(tmp_path):
 def test_unknown_architecture_is_named():
     with pytest.raises(ValueError, match="architecture='llava'.*qwen2_5_vl"):
         build_tiny_vlm("llava")
+
+
+def test_generation_never_samples_image_placeholders():
+    """A sampled <|image_pad|> would not match any image features and crash every later forward."""
+    model, processor = build_tiny_vlm("qwen2_5_vl", seed=0)
+    prompts, images = [_prompt("Count.")], [[Image.new("RGB", (64, 64), (9, 9, 9))]]
+    first = generate_completions(model, processor, prompts, images, max_new_tokens=1, do_sample=False)[0][1][
+        0
+    ]
+    image_id = model.config.image_token_id
+    with torch.no_grad():  # make <|image_pad|> the greedy choice: its logit becomes 50x the top one
+        model.lm_head.weight[image_id] = 50 * model.lm_head.weight[first]
+    inputs = processor(text=[render_prompt(processor, prompts[0])], images=images[0], return_tensors="pt")
+    raw = model.generate(**inputs, max_new_tokens=3, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    assert image_id in raw.tolist()  # unguarded generation does emit it
+    ids = generate_completions(model, processor, prompts, images, max_new_tokens=3, do_sample=False)[0][1]
+    assert image_id not in ids
