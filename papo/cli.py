@@ -173,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train with PAPO on TRL (default: the demo preset); `papo train --help` lists every option",
         add_help=False,
     )
+    sub.add_parser(
+        "push",
+        help="push an adapter or eval predictions to the Hub in one commit: `papo push adapter DIR --repo-id ID`, "
+        "`papo push eval DIR --repo-id ID` (--dry-run DIR writes the repo folder only)",
+        add_help=False,
+    )
     ev = sub.add_parser("eval", help="evaluate a model (+ PEFT adapter) with the paper's avg@k protocol")
     ev.add_argument("--model", default=None, help="Hub id or path; default: the embedded tiny model")
     ev.add_argument("--adapter", default=None, help="PEFT adapter (Hub id or path), e.g. outputs/demo-train")
@@ -246,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["push"]:
+        from papo.hub import main as push_main
+
+        return push_main(argv[1:])
     if argv[:1] == ["train"]:
         # `papo train` takes TRL's own arguments (PAPOConfig/GRPOConfig, ModelConfig): TrlParser parses them.
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

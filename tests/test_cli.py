@@ -12,7 +12,7 @@ from papo.cli import build_parser, main
 
 def test_help_lists_subcommands():
     text = build_parser().format_help()
-    for command in ("demo", "tiny-model", "synthetic-data", "check-data"):
+    for command in ("train", "eval", "push", "demo", "tiny-model", "synthetic-data", "check-data"):
         assert command in text
     result = subprocess.run([sys.executable, "-m", "papo.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "check-data" in result.stdout
