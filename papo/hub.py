@@ -155,6 +155,8 @@ def build_adapter_repo(
         raise ValueError(f"{adapter_dir} has no adapter_model.safetensors{hint}")
     if eval_results is not None and not isinstance(eval_results, dict):
         eval_results = json.loads(Path(eval_results).read_text())
+    if eval_results is not None:
+        eval_results = _run_view(eval_results)
 
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
     config_path = adapter_dir / "papo_config.yaml"
@@ -305,7 +307,7 @@ def build_eval_dataset_repo(
     results_path = eval_dir / "results.json"
     if not results_path.is_file():
         raise ValueError(f"{eval_dir} has no results.json: give the output directory of `papo eval`")
-    results = json.loads(results_path.read_text())
+    results = _run_view(json.loads(results_path.read_text()))
     parquets = sorted((eval_dir / "predictions").glob("*.parquet"))
     if not parquets:
         raise ValueError(f"{eval_dir / 'predictions'} holds no <benchmark>.parquet files")
@@ -796,6 +798,15 @@ def _accuracy(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return float(value)
+
+
+def _run_view(results: dict) -> dict:
+    """`papo eval`'s results.json keeps the grouping under "groups" and this run's averages under
+    "summary"; the cards want the averages."""
+    summary = results.get("summary")
+    if isinstance(summary, dict):
+        return {**results, "groups": summary.get("groups", {}), "overall": summary.get("overall")}
+    return results
 
 
 def _normalise_eval_results(eval_results: dict) -> dict[str, Any]:
