@@ -22,7 +22,8 @@ def main() -> None:
     args = p.parse_args()
     start = time.time()
     kind = "tiny" if args.tiny else "qwen2.5-vl-3b"
-    model_dir = step_overhead.build_model_dir(kind, tempfile.mkdtemp(prefix="papo-gpu-smoke-"))
+    scratch = tempfile.TemporaryDirectory(prefix="papo-gpu-smoke-")  # removed at exit
+    model_dir = step_overhead.build_model_dir(kind, scratch.name)
     print(f"built {kind} in {time.time() - start:.0f} s")
     rows = []
     for quant in ("lora", "qlora"):

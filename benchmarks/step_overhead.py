@@ -98,7 +98,7 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     data = make_synthetic_dataset(num_train=64, num_test=1, image_size=opts.image_size)["train"]
     data = load_training_dataset(data, show_progress=False)[0]
     args = PAPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="papo-bench-out-"),
+        output_dir=opts.output_dir,
         per_device_train_batch_size=opts.generations * opts.prompts,
         num_generations=opts.generations,
         max_completion_length=opts.completion_length,
@@ -194,11 +194,13 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     opts = parser().parse_args()
     if opts.variant:
-        print(json.dumps(run_variant(opts.variant, opts)))
+        with tempfile.TemporaryDirectory(prefix="papo-bench-out-") as opts.output_dir:
+            print(json.dumps(run_variant(opts.variant, opts)))
         return
-    if opts.model_dir is None:
-        opts.model_dir = build_model_dir(opts.model, tempfile.mkdtemp(prefix="papo-bench-"))
-    results = compare(opts)
+    with tempfile.TemporaryDirectory(prefix="papo-bench-") as scratch:
+        if opts.model_dir is None:
+            opts.model_dir = build_model_dir(opts.model, scratch)
+        results = compare(opts)
     mode = "recompute_masked_logps" if opts.recompute else "default no-grad masked pass"
     print(
         f"model={opts.model} quant={opts.quant} G={opts.generations} completion={opts.completion_length} [{mode}]"
