@@ -33,14 +33,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
-from papo.loss import (
-    aggregate,
-    apply_mode_weights,
-    gamma_schedule,
-    perception_kl,
-    sampled_token_entropy,
-    token_mean,
-)
+from papo.loss import apply_mode_weights, gamma_schedule, papo_terms, per_token_kl
 from papo.masking import MaskingConfig, check_same_grid, mask_images, mask_seed, prompt_key
 
 logger = logging.getLogger(__name__)
@@ -335,45 +328,41 @@ class PAPOTrainer(GRPOTrainer):
         weights = apply_mode_weights(
             args.perception_kl_apply_mode, accuracy, args.perception_kl_incorrect_weight
         )
-        kl, keep = perception_kl(
-            logp,
-            masked_logp,
-            mask,
-            args.perception_kl_estimator,
-            args.perception_kl_clip,
-            args.perception_kl_top_p,
-        )
-        # Same reduction and gradient-accumulation scaling as TRL's own loss for this loss_type.
+        # Same reduction and gradient-accumulation scaling as TRL's own loss for this loss_type: the
+        # global-token normalisers (dapo, ...) already cover accumulation, the others are divided by it.
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
         num_items = None
         if self.loss_type in _GLOBAL_NORMALISED:
             num_items = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
             if mode == "train":
                 num_items = num_items * accumulation / args.steps_per_generation
-        kl_loss = aggregate(
-            torch.where(keep.bool(), weights[:, None] * kl, torch.zeros_like(kl)),
+        # entropies are token-means whatever the loss type: scale them for accumulation here
+        eta_scale = discount / accumulation if num_items is not None else discount
+        terms = papo_terms(
+            logp,
+            masked_logp,
             mask,
-            self.loss_type,
+            gamma=gamma,
+            eta_original=eta_scale * args.entropy_original_coef,
+            eta_masked=eta_scale * args.entropy_masked_coef,
+            estimator=args.perception_kl_estimator,
+            loss_type=self.loss_type,
+            weights=weights,
+            clip=args.perception_kl_clip,
+            top_p=args.perception_kl_top_p,
             max_completion_length=args.max_completion_length,
             num_items=num_items,
-        )
-        if self.loss_type not in _GLOBAL_NORMALISED:
-            kl_loss = kl_loss / accumulation
-        if args.entropy_estimator == "full" and entropies is not None:
-            entropy_original = token_mean(entropies, mask)
-        else:
-            entropy_original = sampled_token_entropy(logp, mask)
-        entropy_masked = sampled_token_entropy(masked_logp, mask)
-        entropy_loss = discount * (
-            args.entropy_original_coef * entropy_original + args.entropy_masked_coef * entropy_masked
+            entropy=args.entropy_estimator,
+            full_entropies=entropies,
         )
 
         metrics = self._metrics[mode]
-        metrics["perception_kl"].append(self._global_token_mean(kl.detach(), mask))
+        kl = per_token_kl(logp.detach(), masked_logp.detach(), args.perception_kl_estimator)
+        metrics["perception_kl"].append(self._global_token_mean(kl, mask))
         metrics["entropy/original"].append(self._global_token_mean(-logp.detach(), mask))
         metrics["entropy/masked"].append(self._global_token_mean(-masked_logp.detach(), mask))
         metrics["perception_kl_coef"].append(gamma)
-        return -gamma * kl_loss + entropy_loss / accumulation
+        return terms.loss if num_items is not None else terms.loss / accumulation
 
     def _masked_logps_with_grad(self, model, inputs) -> torch.Tensor:
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)

@@ -406,3 +406,23 @@ def test_micro_batch_smaller_than_group_trains(tmp_path, tiny_model_dirs, train_
     trainer.train()
     kls = [log["perception_kl"] for log in trainer.state.log_history if "perception_kl" in log]
     assert len(kls) == 2 and all(kl > 0 for kl in kls)
+
+
+def test_entropy_estimators_and_accumulation_scaling(tmp_path, tiny_model_dirs, train_dataset):
+    """η1 with the sampled (official) or full-vocabulary entropy; PAPO terms scale with accumulation
+    exactly like TRL's loss (bnpo: divided by the accumulation steps)."""
+    args = _config(tmp_path, perception_kl_coef=0.0, entropy_original_coef=1.0)
+    trainer = _trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, args)
+    trainer.model.train()
+    inputs = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    trainer.args.entropy_original_coef = 0.0
+    base, _ = _loss_and_grads(trainer, inputs)
+    trainer.args.entropy_original_coef = 1.0
+    sampled, _ = _loss_and_grads(trainer, inputs)
+    trainer.args.entropy_estimator = "full"
+    full, _ = _loss_and_grads(trainer, inputs)
+    assert sampled > base and full > base and not torch.isclose(sampled, full)
+    trainer.current_gradient_accumulation_steps = 4
+    trainer.model.zero_grad()
+    scaled = trainer.compute_loss(trainer.model, inputs).detach()
+    torch.testing.assert_close(scaled, full / 4)
