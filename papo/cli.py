@@ -259,11 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:
         # `papo train` takes TRL's own arguments (PAPOConfig/GRPOConfig, ModelConfig): TrlParser parses them.
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        from papo.guards import NonFiniteLossError
+        from papo.train import TrainingOutOfMemory
+
         try:
             return _cmd_train(argv[1:])
-        except (ValueError, FileNotFoundError, FileExistsError) as err:
+        except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError) as err:
             print(f"papo train: error: {err}", file=sys.stderr)
             return 2
+        except TrainingOutOfMemory as err:
+            print(f"papo train: {err}", file=sys.stderr)
+            return 3
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -276,6 +282,15 @@ def main(argv: list[str] | None = None) -> int:
         # Our errors name the field and the fix; a traceback would only bury that line.
         print(f"papo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError
+        if "out of memory" not in str(err).lower():
+            raise
+        print(
+            f"papo {args.command}: out of memory: lower --batch_size, --max_new_tokens or --samples "
+            f"(or --max_pixels via the model's processor). ({err})",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

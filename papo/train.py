@@ -116,8 +116,11 @@ class JsonlMetricsCallback(TrainerCallback):
 
 def train(script_args, training_args, model_args):
     """Run one training job; returns the trainer (after `train()` and `save_model()`)."""
+    import torch
+
     from papo.data.loading import filter_long_prompts, load_training_dataset
     from papo.data.synthetic import save_synthetic_dataset
+    from papo.guards import OOM_ADVICE
     from papo.modeling import load_model_for_training
     from papo.rewards import make_reward_funcs
     from papo.tiny import save_tiny_vlm
@@ -174,10 +177,26 @@ def train(script_args, training_args, model_args):
     save_resolved_config(
         Path(training_args.output_dir) / "papo_config.yaml", script_args, training_args, model_args
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    except torch.OutOfMemoryError as err:
+        # The adapter weights are intact after an OOM: keep them, then explain what to lower.
+        rescue = Path(training_args.output_dir) / f"interrupted-step-{trainer.state.global_step}"
+        trainer.save_model(str(rescue))
+        raise TrainingOutOfMemory(f"{OOM_ADVICE}. The adapter so far was saved to {rescue}.") from err
+    if trainer.collapse_guard.stopped:
+        print(
+            f"Stopped on collapse signs at step {trainer.state.global_step}: the final adapter was not saved; "
+            f"use the last checkpoint in {training_args.output_dir}."
+        )
+        return trainer
     trainer.save_model(training_args.output_dir)
     processor.save_pretrained(training_args.output_dir)
     return trainer
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """CUDA ran out of memory during training; the message says which settings to lower."""
 
 
 def save_resolved_config(path: Path, script_args, training_args, model_args) -> None:

@@ -33,6 +33,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
+from papo.guards import COLLAPSE_ACTIONS, CollapseGuard, check_finite
 from papo.loss import apply_mode_weights, gamma_schedule, papo_terms, per_token_kl
 from papo.masking import MaskingConfig, check_same_grid, mask_images, mask_seed, prompt_key
 
@@ -105,6 +106,16 @@ class PAPOConfig(GRPOConfig):
         default=False,
         metadata={"help": "re-run the masked branch with gradient in the loss (≈2× update cost)."},
     )
+    collapse_guard: str = field(
+        default="warn",
+        metadata={"help": "off | warn | reduce_gamma | stop: what to do on the spec §5 collapse signs."},
+    )
+    collapse_window: int = field(
+        default=10, metadata={"help": "logged steps the collapse signs are judged on."}
+    )
+    collapse_gamma_factor: float = field(
+        default=0.5, metadata={"help": "reduce_gamma: γ is multiplied by this."}
+    )
     mask_strategy: str = field(default="patch", metadata={"help": "patch (random black squares) | noise."})
     mask_ratio: float = field(default=0.6, metadata={"help": "probability each square is blackened."})
     mask_patch_size: int = field(default=14, metadata={"help": "square side in original-image pixels."})
@@ -125,6 +136,8 @@ class PAPOConfig(GRPOConfig):
         # Fail at configuration time, not at the first step.
         gamma_schedule(0, 1, gamma=self.perception_kl_coef, schedule=self.perception_kl_schedule)
         apply_mode_weights(self.perception_kl_apply_mode, torch.ones(1), self.perception_kl_incorrect_weight)
+        if self.collapse_guard not in COLLAPSE_ACTIONS:
+            raise ValueError(f"collapse_guard must be one of {COLLAPSE_ACTIONS}, got {self.collapse_guard!r}")
         if self.entropy_estimator not in ("sampled", "full"):
             raise ValueError(f"entropy_estimator must be 'sampled' or 'full', got {self.entropy_estimator!r}")
 
@@ -153,6 +166,12 @@ class PAPOTrainer(GRPOTrainer):
             raise TypeError("PAPOTrainer needs a PAPOConfig (a GRPOConfig with the PAPO settings)")
         self._papo_capture: list | None = None  # set while compute_loss runs TRL's loss
         self._papo_rewards: torch.Tensor | None = None
+        self.collapse_guard = CollapseGuard(
+            self.args.collapse_guard if self.args.perception_loss else "off",
+            window=self.args.collapse_window,
+            gamma_factor=self.args.collapse_gamma_factor,
+        )
+        self.add_callback(self.collapse_guard)
 
     # --- wrapped TRL method 1: generation ------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -293,14 +312,19 @@ class PAPOTrainer(GRPOTrainer):
     # --- wrapped TRL method 3 (public): the loss ------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.args.perception_loss:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            check_finite(self.state.global_step, loss=loss)
+            return loss
         self._papo_capture = []
         try:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             (logp, entropies, _aux) = self._papo_capture[0]
         finally:
             self._papo_capture = None
-        return loss + self._papo_loss(model, inputs, logp, entropies)
+        papo_loss = self._papo_loss(model, inputs, logp, entropies)
+        # before backward: a NaN/inf step is never applied, so no NaN adapter can be saved
+        check_finite(self.state.global_step, rl_loss=loss, papo_loss=papo_loss)
+        return loss + papo_loss
 
     def _papo_loss(self, model, inputs, logp: torch.Tensor, entropies: torch.Tensor | None) -> torch.Tensor:
         args = self.args
