@@ -40,6 +40,12 @@ class PAPOScriptArguments:
     grader: str = field(default="mathruler", metadata={"help": "mathruler (official) | math_verify."})
     format_pattern: str = field(default="strict", metadata={"help": "strict (Qwen2.5) | relaxed (Qwen3)."})
     lora_vision_tower: bool = field(default=False, metadata={"help": "also put LoRA on the vision tower."})
+    resume: str | None = field(
+        default=None,
+        metadata={
+            "help": "resume training: 'latest' (newest complete checkpoint in output_dir) or a checkpoint path."
+        },
+    )
     max_prompt_length: int | None = field(
         default=None,
         metadata={
@@ -177,13 +183,19 @@ def train(script_args, training_args, model_args):
     save_resolved_config(
         Path(training_args.output_dir) / "papo_config.yaml", script_args, training_args, model_args
     )
+    resume_from = (
+        resolve_resume(script_args.resume, training_args.output_dir) or training_args.resume_from_checkpoint
+    )
+    if resume_from:
+        print(f"Resuming from {resume_from}")
     try:
-        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.train(resume_from_checkpoint=resume_from)
     except torch.OutOfMemoryError as err:
         # The adapter weights are intact after an OOM: keep them, then explain what to lower.
         rescue = Path(training_args.output_dir) / f"interrupted-step-{trainer.state.global_step}"
         trainer.save_model(str(rescue))
         raise TrainingOutOfMemory(f"{OOM_ADVICE}. The adapter so far was saved to {rescue}.") from err
+    print(f"Training data summary: {report}")
     if trainer.collapse_guard.stopped:
         print(
             f"Stopped on collapse signs at step {trainer.state.global_step}: the final adapter was not saved; "
@@ -193,6 +205,22 @@ def train(script_args, training_args, model_args):
     trainer.save_model(training_args.output_dir)
     processor.save_pretrained(training_args.output_dir)
     return trainer
+
+
+def resolve_resume(resume: str | None, output_dir: str) -> str | None:
+    """`latest` -> the newest complete `checkpoint-N` in output_dir; a path -> itself (checked)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if found is None:
+            raise FileNotFoundError(f"--resume latest: no checkpoint-N folder in {output_dir}")
+        return found
+    if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
+        raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no trainer_state.json)")
+    return resume
 
 
 class TrainingOutOfMemory(RuntimeError):

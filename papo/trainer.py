@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
@@ -172,6 +175,38 @@ class PAPOTrainer(GRPOTrainer):
             gamma_factor=self.args.collapse_gamma_factor,
         )
         self.add_callback(self.collapse_guard)
+
+    # --- checkpoints: written to a staging folder, then renamed into place -------------------
+    def _save_checkpoint(self, model, trial):
+        """Write `checkpoint-N` atomically: build it under `<output_dir>/.staging/`, then rename.
+
+        A run killed mid-save leaves only a staging folder, which `--resume latest` never picks
+        (it only sees complete `checkpoint-N` folders). `save_total_limit` is applied after the
+        rename. Multi-process savers (DeepSpeed shards) are not covered yet.
+        """
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"checkpoint-{self.state.global_step}"
+        staging_root = os.path.join(run_dir, ".staging")
+        self._get_output_dir = lambda trial=None: staging_root  # shadows the method for this save only
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        if not self.args.should_save:
+            return
+        final = os.path.join(run_dir, name)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(os.path.join(staging_root, name), final)
+        if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging_root):
+            self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(
+                staging_root, run_dir, 1
+            )
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+        )
 
     # --- wrapped TRL method 1: generation ------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:

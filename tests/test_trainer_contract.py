@@ -49,6 +49,23 @@ def test_wrapped_methods_keep_their_signatures():
         assert name in PAPOTrainer.__dict__, f"PAPOTrainer should wrap {name}"
 
 
+def test_checkpoint_saving_internals_we_redirect():
+    """PAPOTrainer._save_checkpoint stages checkpoints by shadowing `_get_output_dir` (transformers'
+    Trainer) and applies `rotate_checkpoints` itself after the rename."""
+    import transformers
+    from transformers import Trainer
+    from transformers.trainer_utils import rotate_checkpoints
+
+    assert Version("5.24") <= Version(transformers.__version__) < Version("6"), transformers.__version__
+    assert list(inspect.signature(Trainer._save_checkpoint).parameters) == ["self", "model", "trial"]
+    assert list(inspect.signature(Trainer._get_output_dir).parameters) == ["self", "trial"]
+    source = inspect.getsource(Trainer._save_checkpoint)
+    assert "run_dir = self._get_output_dir(trial=trial)" in source, (
+        "Trainer no longer takes run_dir from there"
+    )
+    assert "output_dir" in inspect.signature(rotate_checkpoints).parameters
+
+
 def test_loss_reuses_one_training_forward():
     """PAPO takes the training forward's log-probs from the one call in TRL's `_compute_loss`."""
     source = inspect.getsource(GRPOTrainer._compute_loss)

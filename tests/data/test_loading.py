@@ -205,3 +205,56 @@ def test_long_prompts_are_rejected_or_skipped_never_truncated():
     assert kept["answer"] == ["0", "2"] and report.kept == 2 and report.skipped_by_field["prompt"] == 1
     full, _ = filter_long_prompts(dataset, processor, 10_000, show_progress=False)
     assert len(full) == 3
+
+
+def _png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb, cheaply)."""
+    import struct
+    import zlib
+
+    data = bytearray(_png(size=(1, 1)))
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of header fields
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_fuzz_broken_rows_never_crash_and_are_counted_exactly(tmp_path, capsys):
+    """N broken rows of every kind (plus a decompression-bomb image and a text-only row), shuffled among
+    good rows: preparing skips exactly them, and a training run on the result does not crash."""
+    import random
+
+    from papo.cli import main
+
+    kinds = {
+        **BAD_ROWS,
+        "huge_image": (
+            {"images": [{"bytes": _png_claiming_size(40000, 40000), "path": None}]},
+            "images",
+            "cannot be decoded",
+        ),
+        "text_only": ({"problem": "What is 2+2?", "images": []}, "images", "no image"),
+    }
+    rng = random.Random(0)
+    per_kind = 3
+    rows = [{**_good_row(i), "answer": "1"} for i in range(12)]
+    expected = {}
+    for patch, field, _ in kinds.values():
+        for _ in range(per_kind):
+            rows.insert(rng.randrange(len(rows) + 1), {**_good_row(99), **patch})
+        expected[field] = expected.get(field, 0) + per_kind
+    dataset, report = prepare_papo_dataset(_dataset(rows), skip_invalid=True, show_progress=False)
+    assert len(dataset) == 12 and dict(report.skipped_by_field) == expected
+    # on disk: every kind but the missing file, which datasets itself refuses to write
+    on_disk = [r for r in rows if not any(i and i.get("path") == "/nonexistent/x.png" for i in r["images"])]
+    path = tmp_path / "broken.parquet"
+    _dataset(on_disk).to_parquet(str(path))
+    argv = ["train", "--dataset_name", str(path), "--skip_invalid", "true", "--max_steps", "1"]
+    argv += ["--output_dir", str(tmp_path / "run"), "--embedded_dir", str(tmp_path / "emb")]
+    argv += ["--per_device_train_batch_size", "4", "--num_generations", "4"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    skipped = (len(kinds) - 1) * per_kind
+    assert f"12/{12 + skipped} rows kept, {skipped} skipped" in out
+    assert out.count(f"{skipped} skipped") >= 2  # at the start and in the final summary
