@@ -1,0 +1,86 @@
+"""Fixtures for the Space's tests: tiny models in a Space cache, the app running on 127.0.0.1, a client.
+
+The app runs on its *embedded default* path (no model environment variables), with a cache that
+already holds the tiny base model and a LoRA adapter named like the demo one, so nothing is trained:
+the adapter here has random, non-zero LoRA weights (`init_lora_weights=False`), so that the PAPO model
+differs from the baseline, which the 10-step demo adapter barely does.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # space_testing, whatever pytest's import mode
+
+from space_testing import MAX_NEW_TOKENS, SPACE_DIR, free_port, make_test_adapter  # noqa: E402
+
+sys.path.insert(0, str(SPACE_DIR))  # the Space's modules: app, papo_space
+
+
+@pytest.fixture(scope="session")
+def space_cache(tmp_path_factory) -> Path:
+    """A PAPO_SPACE_CACHE with the embedded base model and an adapter already in place."""
+    from papo.tiny import save_tiny_vlm
+
+    cache = tmp_path_factory.mktemp("space-cache")
+    base = save_tiny_vlm(cache / "tiny-qwen2_5_vl")
+    make_test_adapter(base, cache / "demo-train")
+    return cache
+
+
+@pytest.fixture(scope="session")
+def space_config(space_cache):
+    from papo_space import SpaceConfig
+
+    return SpaceConfig.from_env(
+        {
+            "PAPO_SPACE_CACHE": str(space_cache),
+            "PAPO_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
+            "PAPO_CONCURRENCY": "1",
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def models(space_config):
+    from papo_space import Models
+
+    loaded = Models(space_config)
+    loaded.load()
+    return loaded
+
+
+@pytest.fixture(scope="session")
+def app_url(models, space_config):
+    """The app (app.build_demo, queued as in app.main) serving on 127.0.0.1; closed at the end."""
+    import app
+
+    demo = app.queue(app.build_demo(models), space_config)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **app.launch_kwargs(space_config),
+    )
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def client(app_url, tmp_path):
+    """A fresh API client (its own session) per test; output files are downloaded to tmp_path."""
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False, download_files=str(tmp_path / "downloads"))
+
+
+@pytest.fixture(scope="session")
+def example_image(space_cache, app_url) -> str:
+    """A bundled example image (built by build_demo into the cache)."""
+    return str(space_cache / "examples" / "bar-chart.png")
