@@ -63,9 +63,8 @@ def _cmd_train(argv: list[str]) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from papo.data.synthetic import save_synthetic_dataset
+    from papo.embedded import embedded_dataset, embedded_model
     from papo.evaluation.run import EvalConfig, run_eval
-    from papo.tiny import save_tiny_vlm
 
     config = EvalConfig(
         samples_per_question=args.samples,
@@ -81,14 +80,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         mask_ratio=args.mask_ratio,
         skip_invalid=not args.fail_on_invalid,
     )
-    embedded = Path(args.embedded_dir)
-    model = args.model or str(save_tiny_vlm(embedded / "tiny-qwen2_5_vl"))
-    sources = args.data
-    if not sources:
-        synthetic = embedded / "synthetic"
-        if not synthetic.exists():
-            save_synthetic_dataset(synthetic, seed=args.seed)
-        sources = [str(synthetic)]
+    model = args.model or str(embedded_model(args.embedded_dir))
+    sources = args.data or [str(embedded_dataset(args.embedded_dir, seed=args.seed))]
     result = run_eval(
         model,
         sources,
@@ -117,21 +110,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from statistics import mean
 
     from papo.data.loading import load_training_dataset
-    from papo.data.synthetic import save_synthetic_dataset
+    from papo.embedded import embedded_dataset, embedded_model
     from papo.generation import generate
     from papo.modeling import load_vlm
     from papo.rewards import papo_score
-    from papo.tiny import save_tiny_vlm
 
     root = Path(args.output_dir)
-    model_dir = root / f"tiny-{args.arch}"
-    data_dir = root / "synthetic"
-    if not (model_dir / "config.json").exists():
-        print(f"Building the tiny {args.arch} model in {model_dir} ...")
-    save_tiny_vlm(model_dir, args.arch, seed=args.seed)
-    if not data_dir.exists():
-        print(f"Building the synthetic perception dataset in {data_dir} ...")
-        save_synthetic_dataset(data_dir, seed=args.seed)
+    model_dir = embedded_model(root, args.arch, seed=args.seed)
+    data_dir = embedded_dataset(root, seed=args.seed)
 
     dataset, report = load_training_dataset(data_dir, "test", max_samples=args.num_samples)
     print(f"Loaded {report} from {data_dir} [test]")

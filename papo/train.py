@@ -125,23 +125,19 @@ def train(script_args, training_args, model_args):
     import torch
 
     from papo.data.loading import filter_long_prompts, load_training_dataset
-    from papo.data.synthetic import save_synthetic_dataset
+    from papo.embedded import embedded_dataset, embedded_model
     from papo.guards import OOM_ADVICE
     from papo.modeling import load_model_for_training
     from papo.rewards import make_reward_funcs
-    from papo.tiny import save_tiny_vlm
     from papo.trainer import PAPOTrainer
 
-    embedded = Path(script_args.embedded_dir)
     if model_args.model_name_or_path is None:
-        model_args.model_name_or_path = str(save_tiny_vlm(embedded / "tiny-qwen2_5_vl"))
+        model_args.model_name_or_path = str(embedded_model(script_args.embedded_dir))
         print(f"No model given: using the embedded tiny Qwen2.5-VL in {model_args.model_name_or_path}")
     dataset_source = script_args.dataset_name
     if dataset_source is None:
-        dataset_source = embedded / "synthetic"
-        if not dataset_source.exists():
-            print(f"No dataset given: building the synthetic perception dataset in {dataset_source}")
-            save_synthetic_dataset(dataset_source, seed=training_args.seed)
+        dataset_source = embedded_dataset(script_args.embedded_dir, seed=training_args.seed)
+        print(f"No dataset given: using the synthetic perception dataset in {dataset_source}")
     train_dataset, report = load_training_dataset(
         dataset_source,
         script_args.dataset_split,
