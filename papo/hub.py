@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -255,25 +256,26 @@ def push_adapter(
 
     Raises ``HubAuthError`` on HTTP 401/403, ``HubPushError`` when retries are exhausted.
     """
-    _check_repo_id(repo_id)
-    build = dict(base_model=base_model, eval_results=eval_results, datasets=datasets, license=license)
-    if dry_run_dir is not None:
-        overwrite = _is_previous_build(dry_run_dir)
-        return str(
-            build_adapter_repo(adapter_dir, dry_run_dir, repo_id=repo_id, overwrite=overwrite, **build)
-        )
-    with tempfile.TemporaryDirectory(prefix="papo-push-") as tmp:
-        folder = build_adapter_repo(adapter_dir, Path(tmp) / "repo", repo_id=repo_id, **build)
-        return _push_folder(
-            folder,
-            repo_id,
-            "model",
-            private=private,
-            token=token,
-            commit_message=commit_message,
-            retries=retries,
-            retry_base_delay=retry_base_delay,
-        )
+    build = partial(
+        build_adapter_repo,
+        adapter_dir,
+        repo_id=repo_id,
+        base_model=base_model,
+        eval_results=eval_results,
+        datasets=datasets,
+        license=license,
+    )
+    return _build_then_push(
+        build,
+        repo_id,
+        "model",
+        dry_run_dir,
+        private=private,
+        token=token,
+        commit_message=commit_message,
+        retries=retries,
+        retry_base_delay=retry_base_delay,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -405,30 +407,35 @@ def push_eval(
     Same behaviour as ``push_adapter`` (dry run, mirroring commit, retries, auth errors); the folder is built
     by ``build_eval_dataset_repo``. Returns the commit URL (or the dry-run folder).
     """
-    _check_repo_id(repo_id)
-    build = dict(model=model, adapter=adapter, license=license)
-    if dry_run_dir is not None:
-        overwrite = _is_previous_build(dry_run_dir)
-        return str(
-            build_eval_dataset_repo(eval_dir, dry_run_dir, repo_id=repo_id, overwrite=overwrite, **build)
-        )
-    with tempfile.TemporaryDirectory(prefix="papo-push-") as tmp:
-        folder = build_eval_dataset_repo(eval_dir, Path(tmp) / "repo", repo_id=repo_id, **build)
-        return _push_folder(
-            folder,
-            repo_id,
-            "dataset",
-            private=private,
-            token=token,
-            commit_message=commit_message,
-            retries=retries,
-            retry_base_delay=retry_base_delay,
-        )
+    build = partial(
+        build_eval_dataset_repo, eval_dir, repo_id=repo_id, model=model, adapter=adapter, license=license
+    )
+    return _build_then_push(
+        build,
+        repo_id,
+        "dataset",
+        dry_run_dir,
+        private=private,
+        token=token,
+        commit_message=commit_message,
+        retries=retries,
+        retry_base_delay=retry_base_delay,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
 # Pushing a folder in one commit
 # --------------------------------------------------------------------------------------------------------
+
+
+def _build_then_push(build, repo_id: str, repo_type: str, dry_run_dir, **push_kwargs) -> str:
+    """`build(out_dir, overwrite=...)` the repo folder; with `dry_run_dir` stop there (no network),
+    else build it in a temporary folder and push it in one commit. Returns the dry-run dir or the URL."""
+    _check_repo_id(repo_id)
+    if dry_run_dir is not None:
+        return str(build(dry_run_dir, overwrite=_is_previous_build(dry_run_dir)))
+    with tempfile.TemporaryDirectory(prefix="papo-push-") as tmp:
+        return _push_folder(build(Path(tmp) / "repo"), repo_id, repo_type, **push_kwargs)
 
 
 def _push_folder(
