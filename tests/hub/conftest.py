@@ -103,21 +103,8 @@ def eval_run_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("hub-eval") / "eval"
     (out / "predictions").mkdir(parents=True)
-    features = datasets.Features(
-        {
-            "id": datasets.Value("string"),
-            "benchmark": datasets.Value("string"),
-            "question": datasets.Value("string"),
-            "image": datasets.Image(),
-            "reference": datasets.Value("string"),
-            "samples": datasets.List(datasets.Value("string")),
-            "extracted": datasets.List(datasets.Value("string")),
-            "correct": datasets.List(datasets.Value("bool")),
-            "accuracy": datasets.Value("float64"),
-            "tokens": datasets.List(datasets.List(datasets.Value("string"))),
-            "perception_kl": datasets.List(datasets.List(datasets.Value("float64"))),
-        }
-    )
+    from papo.evaluation.run import PREDICTION_FEATURES as features  # the schema `papo eval` writes
+
     for benchmark, colours in (("Geo3k", ("red", "blue")), ("count_shapes", ("green", "white"))):
         rows = {k: [] for k in features}
         for i, colour in enumerate(colours):
@@ -131,7 +118,7 @@ def eval_run_dir(tmp_path_factory) -> Path:
             rows["correct"].append([True, False])
             rows["accuracy"].append(0.5)
             rows["tokens"].append([["\\boxed{", colour, "}"], ["no", " idea"]])
-            rows["perception_kl"].append([[0.01, 0.9, 0.02], [0.0, 0.1]])
+            rows["perception_kl"].append([[0.015625, 0.875, 0.03125], [0.0, 0.125]])  # exact in float32
         datasets.Dataset.from_dict(rows, features=features).to_parquet(
             out / "predictions" / f"{benchmark}.parquet"
         )

@@ -196,7 +196,7 @@ def test_push_eval_dataset(hub, push_env, eval_run_dir, tmp_path):
         assert ds.features["image"] == datasets.Image()
         assert ds[1]["image"].size == (8, 8)
         assert ds[0]["benchmark"] == config["config_name"]
-        assert ds[0]["perception_kl"][0] == [0.01, 0.9, 0.02]
+        assert ds[0]["perception_kl"][0] == [0.015625, 0.875, 0.03125]
     _assert_no_token(hub, result.stdout, result.stderr)
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # the test process itself stayed offline
 
