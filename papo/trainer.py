@@ -287,7 +287,8 @@ class PAPOTrainer(GRPOTrainer):
             )
         group = self.num_generations
         needed = output["completion_ids"].size(0) // group
-        first = _split_images(output)
+        # per-sample pixel values / grids (TRL's helper), so rows can be selected like any other key
+        first = split_pixel_values_by_grid(output)
         informative, dropped = [], []
         tries = 0
         current = first
@@ -299,7 +300,9 @@ class PAPOTrainer(GRPOTrainer):
             if len(informative) >= needed or tries >= self.args.dynamic_sampling_max_tries:
                 break
             tries += 1
-            current = _split_images(self._generate_once(self._refill_rows(needed - len(informative), tries)))
+            current = split_pixel_values_by_grid(
+                self._generate_once(self._refill_rows(needed - len(informative), tries))
+            )
         mode = "train"
         self._metrics[mode]["dynamic_sampling/tries"].append(float(tries))
         self._metrics[mode]["dynamic_sampling/informative_groups"].append(float(len(informative)))
@@ -475,11 +478,6 @@ def _image_kwargs(batch: dict[str, Any], pixel_values: torch.Tensor) -> dict[str
         if batch.get(key) is not None:
             kwargs[key] = batch[key]
     return kwargs
-
-
-def _split_images(output: dict[str, Any]) -> dict[str, Any]:
-    """Per-sample pixel values / grids (TRL's helper), so rows can be selected like any other key."""
-    return split_pixel_values_by_grid(output)
 
 
 # per-row tensors whose second dimension is the prompt (left-padded) rather than the completion

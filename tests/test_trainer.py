@@ -287,7 +287,7 @@ def test_gather_rows_rebuilds_the_batch(tmp_path, tiny_model_dirs, train_dataset
     trainer = _trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, _config(tmp_path))
     trainer.model.train()
     output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
-    split = trainer_module._split_images(output)
+    split = trainer_module.split_pixel_values_by_grid(output)
     rows = [(split, i) for i in range(output["completion_ids"].size(0))]
     rebuilt = trainer_module.unsplit_pixel_values_by_grid(
         trainer_module._gather_rows(rows, trainer._pad_token_id)
