@@ -18,7 +18,10 @@ This file is the only place that touches TRL internals. It wraps (never copies) 
   (`bnpo` = the official token-mean) and scaled for gradient accumulation like TRL's own loss.
 
 Everything else — generation, rewards, advantages, clipping, the reference KL, PEFT, logging,
-checkpoints, `push_to_hub` — is TRL's.
+checkpoints, `push_to_hub` — is TRL's, including vLLM rollouts (`use_vllm`). With vLLM the masked-image
+log-probs still come from the training model; `vllm_checks` (on by default) wraps the trainer's own
+`vllm_generation` object to check, with `papo.vllm_check`, that vLLM ran every rollout on the prompt the
+model scores and received the merged LoRA weights at every sync.
 """
 
 from __future__ import annotations
@@ -39,6 +42,15 @@ from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_b
 from papo.guards import COLLAPSE_ACTIONS, CollapseGuard, check_finite
 from papo.loss import apply_mode_weights, gamma_schedule, papo_terms, per_token_kl
 from papo.masking import MaskingConfig, check_same_grid, mask_images, mask_seed, prompt_key
+from papo.vllm_check import (
+    SyncRecord,
+    check_server_image_tokens,
+    check_synced_weights,
+    check_vllm_prompts,
+    has_4bit_layers,
+    scored_prompts,
+    weight_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +138,13 @@ class PAPOConfig(GRPOConfig):
         default="image", metadata={"help": "image (official) | model (squares on the ViT patch grid)."}
     )
     mask_noise_std: float = field(default=0.6, metadata={"help": "noise strategy: std on [0,1] pixels."})
+    vllm_checks: bool = field(
+        default=True,
+        metadata={
+            "help": "with use_vllm: check that vLLM runs each rollout on the prompt the model scores and gets "
+            "the merged LoRA weights at each sync (papo.vllm_check); raise on a mismatch."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -164,6 +183,16 @@ class PAPOTrainer(GRPOTrainer):
     }
 
     def __init__(self, *args, **kwargs):
+        model, config = kwargs.get("model", args[0] if args else None), kwargs.get("args")
+        if (
+            getattr(config, "use_vllm", False)
+            and isinstance(model, torch.nn.Module)
+            and has_4bit_layers(model)
+        ):
+            raise ValueError(
+                "use_vllm with a 4-bit (QLoRA) model: TRL cannot sync 4-bit LoRA weights to vLLM (TRL issue "
+                "#4973). Use bf16 LoRA with vLLM (load_in_4bit: false), or QLoRA with use_vllm: false."
+            )
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, PAPOConfig):
             raise TypeError("PAPOTrainer needs a PAPOConfig (a GRPOConfig with the PAPO settings)")
@@ -175,6 +204,10 @@ class PAPOTrainer(GRPOTrainer):
             gamma_factor=self.args.collapse_gamma_factor,
         )
         self.add_callback(self.collapse_guard)
+        self._vllm_calls: list[tuple[list, list | None]] = []  # (prompt ids vLLM ran, images it got) per call
+        self._vllm_syncs: list[SyncRecord] = []
+        if self.use_vllm and self.args.vllm_checks:
+            self._install_vllm_checks()
 
     # --- checkpoints: written to a staging folder, then renamed into place -------------------
     def _save_checkpoint(self, model, trial):
@@ -217,7 +250,10 @@ class PAPOTrainer(GRPOTrainer):
 
     def _generate_once(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """TRL's generation and scoring, plus the masked-image log-probs (and per-row accuracy if needed)."""
+        self._vllm_calls.clear()
         output = super()._generate_and_score_completions(inputs)
+        if self._vllm_calls:
+            self._check_vllm_prompts(inputs, output)
         if self._papo_rewards is not None:
             output["papo_accuracy"] = self._local_accuracy(len(inputs), output["completion_ids"].device)
         if self.args.perception_loss:
@@ -330,6 +366,95 @@ class PAPOTrainer(GRPOTrainer):
         )
         indices = torch.randint(len(self.train_dataset), (groups,), generator=generator).tolist()
         return [self.train_dataset[i] for i in indices for _ in range(self.num_generations)]
+
+    # --- vLLM rollouts: TRL's integration, checked at its boundary -------------------------------
+    def _install_vllm_checks(self) -> None:
+        """Wrap this trainer's `vllm_generation` (instance attributes; TRL's methods run unchanged).
+
+        `generate` records the images sent and the prompt ids vLLM reports it ran on; in server mode
+        (main process) the client's `image_features` records the server's image-token counts, which
+        its `generate` checks before sending; `sync_weights` / `_iter_named_params` record every
+        weight sent and check the LoRA layers after each sync.
+        """
+        backend = self.vllm_generation
+        generate, sync_weights, walk = backend.generate, backend.sync_weights, backend._iter_named_params
+
+        def recorded_generate(prompts, images, num_generations, profiler=None):
+            result = generate(
+                prompts=prompts, images=images, num_generations=num_generations, profiler=profiler
+            )
+            self._vllm_calls.append((result[0], images))
+            return result
+
+        def checked_sync_weights():
+            lora = self._lora_layers()
+            expected = (
+                {}
+                if self._vllm_params_sharded
+                else {name: _merged_fingerprint(layer) for name, layer in lora.items()}
+            )
+            self._vllm_syncs.clear()
+            sync_weights()
+            for record in self._vllm_syncs:
+                check_synced_weights(list(lora), expected, record, self.state.global_step)
+            self._metrics["train"]["vllm/verified_lora_weights"].append(float(len(lora)))
+
+        def recorded_walk():
+            record, lora = SyncRecord(), self._lora_layers()
+            self._vllm_syncs.append(record)
+            for name, tensor in walk():
+                _note_sent_weight(record, name, tensor, lora.get(name))
+                yield name, tensor
+
+        backend.generate, backend.sync_weights, backend._iter_named_params = (
+            recorded_generate,
+            checked_sync_weights,
+            recorded_walk,
+        )
+        client = getattr(backend, "vllm_client", None)
+        if backend.mode == "server" and client is not None:
+            image_features, client_generate = client.image_features, client.generate
+            server_features: list = []
+
+            def recorded_image_features(images, *args, **kwargs):
+                server_features[:] = image_features(images, *args, **kwargs)
+                return server_features
+
+            def checked_client_generate(prompts, features=None, **kwargs):
+                if features is not None:
+                    check_server_image_tokens(prompts, server_features, self.processing_class.image_token_id)
+                return client_generate(prompts, features=features, **kwargs)
+
+            client.image_features, client.generate = recorded_image_features, checked_client_generate
+
+    def _check_vllm_prompts(self, inputs: list[dict[str, Any]], output: dict[str, Any]) -> None:
+        """The prompt ids vLLM ran and the images it got equal the training batch's, row by row."""
+        vllm_ids, vllm_images = self._vllm_calls[0]
+        scored = scored_prompts(
+            output["prompt_ids"],
+            output["prompt_mask"],
+            output.get("image_grid_thw"),
+            output.get("num_images") or [0] * len(inputs),
+            self.processing_class.image_processor.merge_size,
+            [_row_images(row) for row in inputs],
+        )
+        check_vllm_prompts(vllm_ids, vllm_images, scored, self.processing_class.image_token_id)
+
+    @property
+    def _vllm_params_sharded(self) -> bool:
+        """ZeRO-3 / FSDP: full weights exist only inside TRL's gather, so only the structure is checked."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        return self.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3)
+
+    def _lora_layers(self) -> dict[str, Any]:
+        """The PEFT LoRA layers of the model TRL syncs, by the name vLLM gets their weight under."""
+        from peft.tuners.lora import LoraLayer
+
+        return {
+            name.removeprefix("base_model.model.") + ".weight": module
+            for name, module in self.vllm_generation.model.named_modules()
+            if isinstance(module, LoraLayer)
+        }
 
     # --- wrapped TRL method 2: per-token log-probs ---------------------------------------------
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
@@ -459,6 +584,28 @@ class PAPOTrainer(GRPOTrainer):
         accuracy = self._papo_rewards[start : start + batch_size, names.index(name)]
         self._papo_rewards = None
         return torch.nan_to_num(accuracy, nan=0.0).to(device)
+
+
+def _merged_fingerprint(layer) -> tuple[float, float]:
+    """Fingerprint of W + ΔW for a LoRA layer, merged the way PEFT merges (in W's dtype, in place on a copy)."""
+    with torch.no_grad():
+        merged = layer.get_base_layer().weight.detach().clone()
+        for adapter in layer.active_adapters:
+            if adapter in layer.lora_A and adapter not in layer.lora_variant:
+                merged += layer.get_delta_weight(adapter)
+        return weight_fingerprint(merged)
+
+
+def _note_sent_weight(record: SyncRecord, name: str, tensor: torch.Tensor, lora_layer) -> None:
+    """Record one weight TRL sends to vLLM: adapter tensors, duplicates and, for LoRA layers, its fingerprint."""
+    if "lora_" in name:
+        record.adapter_tensors.append(name)
+    if lora_layer is None:
+        return
+    if name in record.fingerprints:
+        record.duplicates.append(name)
+    record.fingerprints[name] = weight_fingerprint(tensor)
+    record.merged[name] = bool(lora_layer.merged)
 
 
 def _row_images(row: dict[str, Any]) -> list:
