@@ -94,6 +94,7 @@ def launch(config: str, workdir: Path, model_dir: str, dataset_dir: str, env: di
         "per_device_train_batch_size": 2,  # 2 processes x 2 = one group of G=4 per step, split over both ranks
         "num_generations": G,
         "max_completion_length": 8,
+        "perception_kl_coef": 0.02,
         "use_cpu": "true",
         "ddp_find_unused_parameters": "false",
         "disable_tqdm": "true",
