@@ -1,0 +1,256 @@
+"""Summaries of the mini reproduction: mean +- std over seeds, the markdown tables and the plot."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+ACCURACY_KEY = "rewards/accuracy_reward/mean"  # training accuracy of the sampled rollouts (TRL's log)
+PERCEPTION_KL_KEY = "perception_kl"  # k3 estimate of KL(pi(.|I) || pi(.|I_mask)), token mean (ours)
+
+# Final-checkpoint metrics reported per method: name -> how to read it from an evaluation.
+FINAL_METRICS = {
+    "accuracy": lambda e: e["with_image"]["accuracy"],
+    "accuracy_high": lambda e: e["with_image"]["by_dependency"].get("high", float("nan")),
+    "accuracy_low": lambda e: e["with_image"]["by_dependency"].get("low", float("nan")),
+    "blind_accuracy": lambda e: e["blind"]["accuracy"],
+    "blind_accuracy_high": lambda e: e["blind"]["by_dependency"].get("high", float("nan")),
+    "image_gain_high": lambda e: (
+        e["with_image"]["by_dependency"].get("high", float("nan"))
+        - e["blind"]["by_dependency"].get("high", float("nan"))
+    ),
+    "perception_kl": lambda e: e["with_image"]["perception_kl"],
+    "format": lambda e: e["with_image"]["format"],
+}
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def final_eval(run: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation of a run's last checkpoint."""
+    steps = sorted(int(step) for step in run["evals"])
+    return run["evals"][steps[-1]] if steps[-1] in run["evals"] else run["evals"][str(steps[-1])]
+
+
+def smoothed_tail(metrics: list[dict[str, Any]], key: str, last: int = 20) -> float:
+    """Mean of `key` over the last `last` logged steps (nan if never logged)."""
+    values = [row[key] for row in metrics if key in row][-last:]
+    return statistics.fmean(values) if values else float("nan")
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """Per method: final metrics and per-task accuracy as mean +- std over seeds; paired deltas."""
+    runs = results["runs"]
+    methods = list(dict.fromkeys(run["method"] for run in runs.values()))
+    summary: dict[str, Any] = {"methods": {}, "deltas": {}}
+    for method in methods:
+        mine = [run for run in runs.values() if run["method"] == method and run["evals"]]
+        if not mine:
+            continue
+        finals = [final_eval(run) for run in mine]
+        entry = {name: mean_std([read(e) for e in finals]) for name, read in FINAL_METRICS.items()}
+        entry["train_perception_kl_last20"] = mean_std(
+            [smoothed_tail(r["metrics"], PERCEPTION_KL_KEY) for r in mine]
+        )
+        entry["train_accuracy_last20"] = mean_std([smoothed_tail(r["metrics"], ACCURACY_KEY) for r in mine])
+        entry["wall_seconds"] = mean_std([r["wall_seconds"] for r in mine])
+        tasks = sorted(finals[0]["with_image"]["by_task"])
+        entry["by_task"] = {t: mean_std([e["with_image"]["by_task"][t] for e in finals]) for t in tasks}
+        entry["blind_by_task"] = {t: mean_std([e["blind"]["by_task"][t] for e in finals]) for t in tasks}
+        entry["seeds"] = [r["seed"] for r in mine]
+        summary["methods"][method] = entry
+    # Paired by seed: PAPO minus its baseline, same seed (same data order, same LoRA init).
+    from benchmarks.mini_repro.run import BASELINE_OF
+
+    for method, baseline in BASELINE_OF.items():
+        pairs = [
+            (runs[f"{method}-seed{s}"], runs[f"{baseline}-seed{s}"])
+            for s in sorted({r["seed"] for r in runs.values()})
+            if f"{method}-seed{s}" in runs and f"{baseline}-seed{s}" in runs
+        ]
+        pairs = [(a, b) for a, b in pairs if a["evals"] and b["evals"]]
+        if pairs:
+            summary["deltas"][f"{method} - {baseline}"] = {
+                name: mean_std([read(final_eval(a)) - read(final_eval(b)) for a, b in pairs])
+                for name, read in FINAL_METRICS.items()
+            }
+    return summary
+
+
+def _fmt(stat: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
+    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def tables_markdown(results: dict[str, Any]) -> str:
+    """The result tables (markdown) of a results dict."""
+    summary = results["summary"]
+    ws = results["warm_start"]["eval"]
+    lines = [
+        "| method | seeds | test acc % | vision-high acc % | text (low) acc % | blind acc % | blind high % "
+        "| image gain (high) pts | perception KL (test, ×1e3) | train perception KL (last 20, ×1e3) | format % | wall s/run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| warm start | – | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.2f} | – | {:.1f} | – |".format(
+            100 * ws["with_image"]["accuracy"],
+            100 * ws["with_image"]["by_dependency"].get("high", float("nan")),
+            100 * ws["with_image"]["by_dependency"].get("low", float("nan")),
+            100 * ws["blind"]["accuracy"],
+            100 * ws["blind"]["by_dependency"].get("high", float("nan")),
+            100
+            * (
+                ws["with_image"]["by_dependency"].get("high", 0) - ws["blind"]["by_dependency"].get("high", 0)
+            ),
+            1e3 * ws["with_image"]["perception_kl"],
+            100 * ws["with_image"]["format"],
+        ),
+    ]
+    for method, m in summary["methods"].items():
+        lines.append(
+            f"| {method} | {len(m['seeds'])} | {_fmt(m['accuracy'])} | {_fmt(m['accuracy_high'])} | "
+            f"{_fmt(m['accuracy_low'])} | {_fmt(m['blind_accuracy'])} | {_fmt(m['blind_accuracy_high'])} | "
+            f"{_fmt(m['image_gain_high'])} | {_fmt(m['perception_kl'], 1e3, 2)} | "
+            f"{_fmt(m['train_perception_kl_last20'], 1e3, 2)} | {_fmt(m['format'])} | "
+            f"{m['wall_seconds']['mean']:.0f} |"
+        )
+    for name, delta in summary["deltas"].items():
+        lines.append(
+            f"| **Δ {name}** (paired by seed) | {delta['accuracy']['n']} | {_fmt(delta['accuracy'])} | "
+            f"{_fmt(delta['accuracy_high'])} | {_fmt(delta['accuracy_low'])} | {_fmt(delta['blind_accuracy'])} | "
+            f"{_fmt(delta['blind_accuracy_high'])} | {_fmt(delta['image_gain_high'])} | "
+            f"{_fmt(delta['perception_kl'], 1e3, 2)} | – | {_fmt(delta['format'])} | – |"
+        )
+    tasks = sorted(ws["with_image"]["by_task"])
+    lines += ["", "Per task (test accuracy %, with the image / blind):", ""]
+    lines.append("| method | " + " | ".join(tasks) + " |")
+    lines.append("|---|" + "---|" * len(tasks))
+    lines.append(
+        "| warm start | "
+        + " | ".join(
+            f"{100 * ws['with_image']['by_task'][t]:.1f} / {100 * ws['blind']['by_task'][t]:.1f}"
+            for t in tasks
+        )
+        + " |"
+    )
+    for method, m in summary["methods"].items():
+        cells = [f"{_fmt(m['by_task'][t])} / {_fmt(m['blind_by_task'][t])}" for t in tasks]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curves(results: dict[str, Any]) -> dict[str, dict[str, list[tuple[int, float, float]]]]:
+    """Per method: (step, mean, std) over seeds of training accuracy, training perception KL and test accuracy."""
+    out: dict[str, dict[str, list[tuple[int, float, float]]]] = {}
+    ws = results["warm_start"]["eval"]
+    for method in results["summary"]["methods"]:
+        runs = [r for r in results["runs"].values() if r["method"] == method]
+        series: dict[str, list[tuple[int, float, float]]] = {}
+        for name, key in (("train_accuracy", ACCURACY_KEY), ("train_perception_kl", PERCEPTION_KL_KEY)):
+            by_step: dict[int, list[float]] = {}
+            for run in runs:
+                for row in run["metrics"]:
+                    if key in row:
+                        by_step.setdefault(int(row["step"]), []).append(row[key])
+            series[name] = [(s, *_ms(v)) for s, v in sorted(by_step.items())]
+        test: dict[int, list[float]] = {0: [ws["with_image"]["accuracy"]] * len(runs)}
+        blind: dict[int, list[float]] = {0: [ws["blind"]["accuracy"]] * len(runs)}
+        for run in runs:
+            for step, evaluation in run["evals"].items():
+                test.setdefault(int(step), []).append(evaluation["with_image"]["accuracy"])
+                blind.setdefault(int(step), []).append(evaluation["blind"]["accuracy"])
+        series["test_accuracy"] = [(s, *_ms(v)) for s, v in sorted(test.items())]
+        series["blind_accuracy"] = [(s, *_ms(v)) for s, v in sorted(blind.items())]
+        out[method] = series
+    return out
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    stat = mean_std(values)
+    return stat["mean"], stat["std"]
+
+
+def _moving_average(points: list[tuple[int, float, float]], window: int) -> tuple[list[int], list[float]]:
+    steps = [p[0] for p in points]
+    values = [p[1] for p in points]
+    smoothed = [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+    return steps, smoothed
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> Path:
+    """curves.png: training accuracy, training perception KL and test accuracy vs step, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = curves(results)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    window = max(1, results["config"]["rl_steps"] // 20)
+    for method, series in data.items():
+        steps, values = _moving_average(series["train_accuracy"], window)
+        axes[0].plot(steps, values, label=method)
+        steps, values = _moving_average(series["train_perception_kl"], window)
+        axes[1].plot(steps, values, label=method)
+        test = series["test_accuracy"]
+        line = axes[2].errorbar(
+            [p[0] for p in test],
+            [p[1] for p in test],
+            yerr=[p[2] for p in test],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
+        blind = series["blind_accuracy"]
+        axes[2].plot(
+            [p[0] for p in blind],
+            [p[1] for p in blind],
+            linestyle="--",
+            color=line[0].get_color(),
+            label=f"{method} (blind)",
+        )
+    axes[0].set(title=f"training accuracy (rollouts, moving avg {window})", xlabel="step", ylabel="accuracy")
+    axes[1].set(title="training perception KL (k3, token mean)", xlabel="step", ylabel="KL")
+    axes[2].set(title="test accuracy, greedy (mean ± std over seeds)", xlabel="step", ylabel="accuracy")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], out: Path) -> Path:
+    """RESULTS.md (tables, commands, machine) and curves.png in `out`."""
+    plot_curves(results, out / "curves.png")
+    config = results["config"]
+    machine = results["machine"]
+    commands = "\n".join(run["command"] for run in results["runs"].values())
+    text = f"""# Mini reproduction: results (generated by `python -m benchmarks.mini_repro{" --quick" if config["quick"] else ""}`)
+
+{tables_markdown(results)}
+
+![curves](curves.png)
+
+- Warm start: `{results["warm_start"]["path"]}` (trained in {results["warm_start"]["train_seconds"]:.0f} s this run; 0 if reused).
+- {len(results["runs"])} RL runs × {config["rl_steps"]} steps, {config["batch_size"]} completions per step
+  (G={config["num_generations"]}), eval every {config["eval_every"]} steps on {config["num_test"]} test rows.
+- Total wall time: {results["total_seconds"] / 60:.1f} min.
+- Machine: {machine["platform"]}, {machine["cpu_count"]} CPUs, torch {machine["torch"]} ({machine["torch_threads"]} threads),
+  transformers {machine["transformers"]}, trl {machine["trl"]}, CUDA: {machine["cuda"]}.
+
+Commands (`papo train`, one per run):
+
+```
+{commands}
+```
+"""
+    path = out / "RESULTS.md"
+    path.write_text(text)
+    return path

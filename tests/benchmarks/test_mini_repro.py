@@ -1,0 +1,108 @@
+"""The mini reproduction pipeline (benchmarks/mini_repro) at toy size: every stage runs and is reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from PIL import Image
+
+from benchmarks.mini_repro import run as mini
+from benchmarks.mini_repro.evaluate import blind_images
+from benchmarks.mini_repro.report import mean_std, summarise
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mini_repro_quick")
+    assert mini.main(["--quick", "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_quick_mode_trains_evaluates_and_reports_both_arms(quick_results):
+    out, results = quick_results
+    assert set(results["runs"]) == {"grpo-seed0", "papo-g-seed0"}
+    for name, run in results["runs"].items():
+        assert sorted(int(step) for step in run["evals"]) == [2, 4], name
+        steps = [row["step"] for row in run["metrics"] if "perception_kl" in row]
+        assert steps == [1, 2, 3, 4], f"{name}: perception KL must be logged every step, got {steps}"
+        for evaluation in run["evals"].values():
+            assert evaluation["with_image"]["n"] == evaluation["blind"]["n"] == 10
+            assert evaluation["with_image"]["perception_kl"] > 0
+    assert "--perception_kl_coef 0.0" in results["runs"]["grpo-seed0"]["command"]
+    assert "--perception_kl_coef" not in results["runs"]["papo-g-seed0"]["command"]  # the demo preset's 0.02
+    report = (out / "RESULTS.md").read_text()
+    assert "| grpo | 1 |" in report and "| papo-g | 1 |" in report and "Δ papo-g - grpo" in report
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_rerun_reuses_every_stage(quick_results, monkeypatch):
+    out, before = quick_results
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(subprocess, "run", no_training)
+    again = mini.run_experiment(mini.ExperimentConfig.quick_mode(out=str(out)), log=lambda message: None)
+    assert again["summary"] == before["summary"]
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(ValueError, match="unknown method 'ppo'.*grpo, papo-g, dapo, papo-d"):
+        mini.run_experiment(mini.ExperimentConfig(methods=("ppo",)))
+
+
+def test_blind_images_are_black_and_keep_their_size():
+    images = [Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (32, 32), (255, 255, 255))]
+    blind = blind_images(images)
+    assert [b.size for b in blind] == [(64, 48), (32, 32)]
+    assert all(b.getextrema() == ((0, 0), (0, 0), (0, 0)) for b in blind)
+
+
+def _evaluation(acc_high: float, acc_low: float, blind_high: float, kl: float) -> dict:
+    def split(high, low):
+        return {
+            "accuracy": (4 * high + low) / 5,
+            "format": 1.0,
+            "by_task": {"read_number": high, "text_arithmetic": low},
+            "by_dependency": {"high": high, "low": low},
+            "n": 10,
+        }
+
+    return {
+        "with_image": split(acc_high, acc_low) | {"perception_kl": kl},
+        "blind": split(blind_high, acc_low),
+    }
+
+
+def _run(method: str, seed: int, final: dict) -> dict:
+    metrics = [
+        {"step": s, "perception_kl": 0.01 * s, "rewards/accuracy_reward/mean": 0.5} for s in range(1, 5)
+    ]
+    return {
+        "method": method,
+        "seed": seed,
+        "wall_seconds": 10.0,
+        "metrics": metrics,
+        "evals": {"2": final, "4": final},
+    }
+
+
+def test_summary_is_mean_and_sample_std_over_seeds_with_deltas_paired_by_seed():
+    runs = {
+        "grpo-seed0": _run("grpo", 0, _evaluation(0.4, 0.8, 0.3, 0.02)),
+        "grpo-seed1": _run("grpo", 1, _evaluation(0.6, 0.8, 0.3, 0.04)),
+        "papo-g-seed0": _run("papo-g", 0, _evaluation(0.5, 0.8, 0.2, 0.05)),
+        "papo-g-seed1": _run("papo-g", 1, _evaluation(0.9, 0.8, 0.2, 0.07)),
+    }
+    summary = summarise({"runs": runs})
+    grpo = summary["methods"]["grpo"]["accuracy_high"]
+    assert grpo["mean"] == pytest.approx(0.5) and grpo["std"] == pytest.approx(0.1414213, rel=1e-5)
+    delta = summary["deltas"]["papo-g - grpo"]
+    # Paired: (0.5-0.4, 0.9-0.6) = (0.1, 0.3)
+    assert delta["accuracy_high"]["mean"] == pytest.approx(0.2) and delta["accuracy_high"]["n"] == 2
+    assert delta["image_gain_high"]["mean"] == pytest.approx(0.3)  # gains 0.1 vs 0.3 -> 0.3 vs 0.7
+    assert summary["methods"]["papo-g"]["train_perception_kl_last20"]["mean"] == pytest.approx(0.025)
+    assert mean_std([1.0])["std"] == 0.0
