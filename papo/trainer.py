@@ -215,7 +215,8 @@ class PAPOTrainer(GRPOTrainer):
 
         A run killed mid-save leaves only a staging folder, which `--resume latest` never picks
         (it only sees complete `checkpoint-N` folders). `save_total_limit` is applied after the
-        rename. Multi-process savers (DeepSpeed shards) are not covered yet.
+        rename. With several processes every rank writes into the staging folder (its RNG state,
+        DeepSpeed's optimizer shards), so the main process renames only once all ranks are done.
         """
         run_dir = self._get_output_dir(trial=trial)
         name = f"checkpoint-{self.state.global_step}"
@@ -225,6 +226,7 @@ class PAPOTrainer(GRPOTrainer):
             super()._save_checkpoint(model, trial)
         finally:
             del self._get_output_dir
+        self.accelerator.wait_for_everyone()
         if not self.args.should_save:
             return
         final = os.path.join(run_dir, name)

@@ -33,9 +33,11 @@ import torch
 
 FIX_PROMPTS = (
     "The rollouts would be generated from a prompt the training model never scores (TRL issues #6294, "
-    "#6401). Keep trl at the version pinned in pyproject.toml, start vLLM with the training processor's "
-    'pixel bounds (e.g. `--mm-processor-kwargs \'{"min_pixels": ..., "max_pixels": ...}\'` on `trl '
-    "vllm-serve`, equal to papo's min_pixels/max_pixels), or train with use_vllm: false."
+    "#6401). vLLM must make as many image tokens per image as the training processor: in server mode "
+    "start it with papo's pixel bounds (`trl vllm-serve ... --mm-processor-kwargs "
+    '\'{"min_pixels": MIN, "max_pixels": MAX}\'`); in colocate mode vLLM builds its processor from '
+    "the model folder, so train from a copy whose saved processor has papo's min_pixels/max_pixels (README, "
+    "Scaling out). Keep trl at the version pinned in pyproject.toml, or use_vllm: false."
 )
 
 

@@ -98,6 +98,8 @@ def launch(config: str, workdir: Path, model_dir: str, dataset_dir: str, env: di
         "use_cpu": "true",
         "ddp_find_unused_parameters": "false",
         "disable_tqdm": "true",
+        "save_strategy": "steps",
+        "save_steps": 1,  # a checkpoint per step, written by both ranks (each its own RNG state)
         "output_dir": output_dir,
     }
     command = [
@@ -140,10 +142,14 @@ def check_two_rank_run(records: list[dict], output_dir: Path) -> None:
     for log in metrics[0]:
         assert log["perception_kl"] > 0 and log["entropy/original"] > 0 and log["perception_kl_coef"] == 0.02
     written = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [log["step"] for log in written if "perception_kl" in log] == list(
-        range(1, STEPS + 1)
-    )  # once, by rank 0
+    logged_steps = [log["step"] for log in written if "perception_kl" in log]
+    assert logged_steps == list(range(1, STEPS + 1))  # once, by rank 0
     assert (output_dir / "adapter_model.safetensors").is_file()
+    for step in range(1, STEPS + 1):  # complete: the main process renamed it only once both ranks had written
+        files = {p.name for p in (output_dir / f"checkpoint-{step}").iterdir()}
+        assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json"} <= files, (step, files)
+    staging = output_dir / ".staging"
+    assert not staging.exists() or not any(staging.iterdir()), f"left in staging: {list(staging.rglob('*'))}"
 
 
 @pytest.fixture(scope="module")
