@@ -19,7 +19,8 @@ CUDA allocation over the algorithm's phases (on the CPU: the process's max RSS s
 
 Rows are run in order (3B before 7B, LoRA before QLoRA, short before long); a row whose predicted
 time (from the generation speed already measured) would overrun the time budget is skipped and
-listed as skipped, so one command always finishes in time.
+listed as skipped, so one command always finishes in time. The JSON is rewritten after every row
+("partial": true until the end), so a run stopped from outside keeps what it measured.
 """
 
 from __future__ import annotations
@@ -298,6 +299,7 @@ def run(opts) -> dict:
                     seconds_per_token[(model_name, quant)] = generation_s / row.completion_tokens
                     done.append({**row.__dict__, **result})
                     print_row(done[-1], flush=True)
+                    write_json(opts.json, {"partial": True, "rows": done, "skipped": skipped})
                     model = trainer.model.unload()  # the base model again, without this row's adapter
                     del trainer, optimizer, params
                 del model
@@ -308,6 +310,7 @@ def run(opts) -> dict:
                 shutil.rmtree(model_dir)  # 7.5 GB (3B) / 16.6 GB (7B) of random weights
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     return {
+        "partial": False,
         "device": device,
         "torch": torch.__version__,
         "options": {k: v for k, v in vars(opts).items() if k != "json"},
@@ -318,6 +321,16 @@ def run(opts) -> dict:
 
 
 # --- output ---------------------------------------------------------------------------------------------
+
+
+def write_json(path: str | None, results: dict) -> None:
+    """Write `results` to `path` (if given) atomically: after every row, so a killed run keeps its rows."""
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, path)
+
 
 HEADER = (
     f"{'model':14} {'quant':5} {'G':>2} {'tokens':>6} {'algorithm':16} {'gen s':>7} {'masked s':>8} "
@@ -370,9 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{len(results['rows'])} rows, {len(results['skipped'])} skipped, {results['wall_s']:.0f} s on {results['device']}"
     )
-    if opts.json:
-        with open(opts.json, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(opts.json, results)
     return results
 
 

@@ -59,7 +59,7 @@ def test_tiny_benchmark_command(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(out.read_text())
-    assert results["device"] == "cpu" and results["skipped"] == []
+    assert results["device"] == "cpu" and results["skipped"] == [] and results["partial"] is False
     rows = results["rows"]
     assert [(r["quant"], r["generations"], r["completion_tokens"]) for r in rows] == [
         (q, g, n) for q in ("lora", "qlora") for n in (8, 16) for g in (4, 8)
