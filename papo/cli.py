@@ -1,6 +1,6 @@
 """The `papo` command line: one entry point, one subcommand per job.
 
-papo demo            the README's main job: tiny model + synthetic data, end to end, offline
+papo demo            generate + score on the embedded model (the warm start) and the synthetic data, offline
 papo tiny-model      build a tiny random-weight VLM of a real architecture
 papo synthetic-data  build the synthetic perception dataset (official schema)
 papo check-data      validate a dataset in the official schema and report bad rows
@@ -104,8 +104,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Build the embedded defaults if absent, then generate and score answers on the synthetic test split.
 
-    The model is random until it is trained, so its reward is ~0: this shows the whole pipeline
-    (model, processor, data, prompt format, batched generation, the official reward) working offline.
+    The Qwen2.5-VL default is the warm start (`papo.warm_start`), which answers in the official format and
+    solves some items; `--arch qwen3_vl` uses a tiny random model whose reward is ~0. Either way this shows
+    the whole pipeline (model, processor, data, prompt format, batched generation, the official reward)
+    working offline.
     """
     from statistics import mean
 
@@ -166,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     ev = sub.add_parser("eval", help="evaluate a model (+ PEFT adapter) with the paper's avg@k protocol")
-    ev.add_argument("--model", default=None, help="Hub id or path; default: the embedded tiny model")
+    ev.add_argument("--model", default=None, help="Hub id or path; default: the embedded warm-started model")
     ev.add_argument("--adapter", default=None, help="PEFT adapter (Hub id or path), e.g. outputs/demo-train")
     ev.add_argument(
         "--data",
@@ -201,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--embedded_dir", default=str(DEFAULT_OUTPUT))
     ev.set_defaults(func=_cmd_eval)
 
-    demo = sub.add_parser("demo", help="end-to-end offline demo on the tiny model and synthetic data")
+    demo = sub.add_parser("demo", help="end-to-end offline demo on the embedded model and synthetic data")
     demo.add_argument("--output_dir", default=str(DEFAULT_OUTPUT / "demo"))
     demo.add_argument("--arch", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
     demo.add_argument("--num_samples", type=int, default=16)

@@ -1,6 +1,6 @@
 """The `papo train` recipe: YAML preset + CLI overrides -> model, data, rewards -> PAPOTrainer.
 
-    papo train                                   # the `demo` preset: tiny model, synthetic data, CPU
+    papo train                                   # the `demo` preset: warm-started small model, synthetic data, CPU
     papo train --config papo-g-qwen2.5vl-3b-lora # a shipped preset (papo/configs/<name>.yaml)
     papo train --config my.yaml --max_steps 50   # any YAML; command-line flags override it
 
@@ -59,7 +59,7 @@ class PAPOScriptArguments:
         default=None, metadata={"help": "image processor upper bound (official 1003520)."}
     )
     embedded_dir: str = field(
-        default="outputs", metadata={"help": "where the embedded tiny model / synthetic data are built."}
+        default="outputs", metadata={"help": "where the embedded model / synthetic data are built if absent."}
     )
 
 
@@ -133,7 +133,9 @@ def train(script_args, training_args, model_args):
 
     if model_args.model_name_or_path is None:
         model_args.model_name_or_path = str(embedded_model(script_args.embedded_dir))
-        print(f"No model given: using the embedded tiny Qwen2.5-VL in {model_args.model_name_or_path}")
+        print(
+            f"No model given: using the embedded warm-started Qwen2.5-VL in {model_args.model_name_or_path}"
+        )
     dataset_source = script_args.dataset_name
     if dataset_source is None:
         dataset_source = embedded_dataset(script_args.embedded_dir, seed=training_args.seed)

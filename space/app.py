@@ -1,7 +1,7 @@
 """PAPO Space: baseline vs PAPO answers side by side, each token coloured by how much it needed the image.
 
 Run locally: `python space/app.py` (then open http://127.0.0.1:7860). With no environment variables it
-uses the embedded tiny model and the README's demo adapter, built under space/.cache on first start.
+compares the embedded warm start with its PAPO-G adapter, both shipped in papo/assets (papo.embedded).
 Configuration (environment variables) and the logic live in `papo_space.py`; this file is the UI only.
 """
 

@@ -86,8 +86,8 @@ def _env_bool(env: Mapping[str, str], name: str) -> bool:
 class SpaceConfig:
     """What the Space runs, read from environment variables by `from_env` (all optional).
 
-    With none set, the embedded defaults are used: the tiny Qwen2.5-VL and the LoRA adapter of the
-    README's demo run (`papo train`), both built under `cache_dir` on first start, offline.
+    With none set, the embedded defaults are used: the warm-started small Qwen2.5-VL (baseline) and the
+    PAPO-G adapter trained from it, both shipped with the package (`papo.embedded`), offline.
     """
 
     base_model: str | None = None  # PAPO_BASE_MODEL: Hub id or path of the baseline model
@@ -129,7 +129,7 @@ class SpaceConfig:
 
     @property
     def embedded(self) -> bool:
-        """No models configured: the tiny base model and the demo adapter, built on first start."""
+        """No models configured: the shipped warm start (baseline) and PAPO-G adapter."""
         return not (self.base_model or self.adapter or self.papo_model)
 
     @classmethod
@@ -160,21 +160,25 @@ class SpaceConfig:
 
 
 def ensure_embedded_models(cache_dir: Path, log=logger.info) -> tuple[Path, Path]:
-    """(tiny base model dir, demo adapter dir) under `cache_dir`, built if absent.
+    """(baseline model dir, PAPO adapter dir): the embedded pair, shipped or built under `cache_dir`.
 
-    The base is `papo.tiny.save_tiny_vlm` (what `papo train` builds); the adapter is the README's demo run,
-    `papo train --output_dir <cache>/demo-train --embedded_dir <cache>`, run once in a subprocess (its
-    seeding and threads stay out of this process) into a temporary folder renamed into place, so an
-    interrupted first start never leaves a half adapter.
+    Shipped with the package (`papo.embedded`): the warm-started small Qwen2.5-VL as the baseline and the
+    PAPO-G adapter the mini reproduction trained from it (seed 0), so the two answers really differ.
+    Without them (a trimmed install) the base is `papo.embedded.embedded_model(cache_dir)` and the adapter
+    is the README's demo run, `papo train --output_dir <cache>/demo-train --embedded_dir <cache>`, run once
+    in a subprocess (its seeding and threads stay out of this process) into a temporary folder renamed
+    into place, so an interrupted first start never leaves a half adapter.
     """
-    from papo.tiny import save_tiny_vlm
+    from papo import embedded
 
+    base, adapter = embedded.shipped_warm_start(), embedded.shipped_papo_adapter()
+    if base is not None and adapter is not None:
+        return base, adapter
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    base = cache_dir / "tiny-qwen2_5_vl"
-    if not (base / "config.json").exists():
-        log(f"Building the embedded tiny Qwen2.5-VL in {base} ...")
-    base = save_tiny_vlm(base)
+    if base is None:
+        log(f"Building the embedded base model under {cache_dir} ...")
+    base = embedded.embedded_model(cache_dir) if base is None else base
     adapter = cache_dir / "demo-train"
     if (adapter / "adapter_model.safetensors").exists():
         return base, adapter
@@ -289,7 +293,7 @@ class Models:
         config = self.config
         base, adapter, papo_model = config.base_model, config.adapter, config.papo_model
         if config.embedded:
-            self.message = "Building the embedded tiny model and demo adapter (first start only) ..."
+            self.message = "Finding the embedded models (built on first start if this install lacks them) ..."
             base, adapter = (str(p) for p in ensure_embedded_models(config.cache_dir, log=self._building))
         elif base is None:  # adapter only: its config names the base model
             base = _adapter_base_model(adapter)
@@ -308,7 +312,7 @@ class Models:
             )
             if papo_model:
                 self.papo, _ = load_model_and_adapter(papo_model, dtype=config.dtype, device=device)
-        if config.embedded:  # the tiny model keeps its own (small) bounds unless told otherwise
+        if config.embedded:  # the small embedded model keeps its own bounds unless told otherwise
             set_pixel_bounds(self.processor, config.min_pixels, config.max_pixels)
         else:
             min_pixels, max_pixels = (
@@ -332,8 +336,9 @@ class Models:
         text = f"Baseline: `{names['baseline']}` · PAPO: `{names['papo']}` · device `{names['device']}`"
         if self.config.embedded:
             text += (
-                " · embedded demo models: a tiny random-weight model and the 10-step demo adapter, so the "
-                "answers are gibberish and often identical; set PAPO_BASE_MODEL / PAPO_ADAPTER for real ones."
+                " · embedded demo models: a ~2.4M-parameter warm start trained on synthetic shape/number/bar/dot "
+                "questions and its PAPO-G adapter; outside those tasks they write nonsense. Set PAPO_BASE_MODEL / "
+                "PAPO_ADAPTER for real models."
             )
         return text
 

@@ -31,7 +31,7 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
     records = [json.loads(line) for line in open(tmp_path / "demo_samples.jsonl")]
     assert len(records) == 4
     assert {"id", "task", "answer", "completion", "overall", "accuracy", "format"} <= set(records[0])
-    assert (tmp_path / "tiny-qwen2_5_vl" / "config.json").exists()
+    assert not (tmp_path / "tiny-qwen2_5_vl").exists(), "the shipped warm start is used, nothing built"
     assert datasets.load_from_disk(str(tmp_path / "synthetic"))["test"].num_rows == 200
 
 
@@ -75,7 +75,10 @@ def test_train_demo_preset_writes_a_loadable_adapter(tmp_path, capsys):
     assert any("perception_kl" in log for log in logs)
     resolved = (out / "papo_config.yaml").read_text()
     assert "perception_kl_coef: 0.02" in resolved and "max_steps: 2" in resolved
-    base = AutoModelForImageTextToText.from_pretrained(tmp_path / "emb" / "tiny-qwen2_5_vl")
+    from papo.embedded import WARM_START_ASSET
+
+    assert f"model_name_or_path: {WARM_START_ASSET}" in resolved
+    base = AutoModelForImageTextToText.from_pretrained(WARM_START_ASSET)
     model = PeftModel.from_pretrained(base, out)
     assert any("lora_" in name for name, _ in model.named_parameters())
 

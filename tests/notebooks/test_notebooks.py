@@ -171,17 +171,19 @@ def test_kaggle_notebook_trains_with_two_processes(assets, tmp_path):
     assert (Path(f"{output_dir}-hub-preview") / "README.md").is_file()
 
 
-def test_evaluation_notebook_compares_and_previews_the_push(assets, colab_run, tmp_path):
-    _, adapter = colab_run
+def test_evaluation_notebook_compares_and_previews_the_push(assets, tmp_path):
+    """On the embedded pair (the shipped warm start vs its PAPO-G adapter): the offline try-out."""
+    from papo.embedded import PAPO_ADAPTER_ASSET, WARM_START_ASSET
+
     output_dir = tmp_path / "eval"
     parameters = {
         "INSTALL": False,
-        "MODEL_ID": assets["model"],
-        "ADAPTER": str(adapter),
+        "MODEL_ID": str(WARM_START_ASSET),
+        "ADAPTER": str(PAPO_ADAPTER_ASSET),
         "EVAL_SOURCES": [assets["data"], assets["sharegpt"]],
         "MAX_QUESTIONS": 4,
         "SAMPLES": 2,
-        "MAX_NEW_TOKENS": 12,
+        "MAX_NEW_TOKENS": 32,
         "BATCH_SIZE": 8,
         "HEATMAP_EXAMPLES": 2,
         "VISION_FP32": True,
@@ -197,6 +199,9 @@ def test_evaluation_notebook_compares_and_previews_the_push(assets, colab_run, t
     assert "Δ%rel" in text and '<span title="KL' in text  # the table and the heat map were displayed
     assert (output_dir / "hub-preview-predictions" / "README.md").is_file()
     assert "model-index" in (output_dir / "hub-preview-adapter" / "README.md").read_text()
+    # The warm start answers in the official format: its boxed answers are graded, some right.
+    baseline = json.loads((output_dir / "baseline" / "results.json").read_text())
+    assert baseline["benchmarks"]["synthetic"]["accuracy"] > 0
 
 
 # ----------------------------------------------------------------------------------------------------

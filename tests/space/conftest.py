@@ -1,9 +1,9 @@
-"""Fixtures for the Space's tests: tiny models in a Space cache, the app running on 127.0.0.1, a client.
+"""Fixtures for the Space's tests: the app running on 127.0.0.1, a client, and a cache of tiny models.
 
-The app runs on its *embedded default* path (no model environment variables), with a cache that
-already holds the tiny base model and a LoRA adapter named like the demo one, so nothing is trained:
-the adapter here has random, non-zero LoRA weights (`init_lora_weights=False`), so that the PAPO model
-differs from the baseline, which the 10-step demo adapter barely does.
+The app runs on its *embedded default* path (no model environment variables): the warm start and the
+PAPO-G adapter shipped in papo/assets. `space_cache` holds a tiny base model and a LoRA adapter with
+random, non-zero weights (`init_lora_weights=False`) for the tests that configure models explicitly or
+exercise the fallback that builds the embedded pair when an install lacks the shipped one.
 """
 
 from __future__ import annotations

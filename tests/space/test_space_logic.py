@@ -62,11 +62,32 @@ def test_config_errors_name_the_variable(env, message):
 # --- embedded models ---------------------------------------------------------------------------------
 
 
-def test_embedded_models_present_are_reused(space_cache, monkeypatch):
-    def no_training(*args, **kwargs):
-        raise AssertionError("the demo adapter is present: nothing should be trained")
+def _no_training(*args, **kwargs):
+    raise AssertionError("the models are present: nothing should be trained")
 
-    monkeypatch.setattr(subprocess, "run", no_training)
+
+def test_embedded_models_are_the_shipped_warm_start_and_papo_adapter(tmp_path, monkeypatch):
+    from papo import embedded
+
+    monkeypatch.setattr(subprocess, "run", _no_training)
+    base, adapter = ps.ensure_embedded_models(tmp_path / "cache")
+    assert (base, adapter) == (embedded.WARM_START_ASSET, embedded.PAPO_ADAPTER_ASSET)
+    assert not (tmp_path / "cache").exists(), "nothing is built when the package ships the models"
+
+
+@pytest.fixture
+def without_shipped_models(monkeypatch):
+    from papo import embedded
+
+    monkeypatch.setattr(embedded, "shipped_warm_start", lambda: None)
+    monkeypatch.setattr(embedded, "shipped_papo_adapter", lambda: None)
+
+
+def test_embedded_models_in_the_cache_are_reused(space_cache, monkeypatch, without_shipped_models):
+    import papo.embedded
+
+    monkeypatch.setattr(subprocess, "run", _no_training)
+    monkeypatch.setattr(papo.embedded, "embedded_model", lambda root: Path(root) / "tiny-qwen2_5_vl")
     base, adapter = ps.ensure_embedded_models(space_cache)
     assert (base, adapter) == (space_cache / "tiny-qwen2_5_vl", space_cache / "demo-train")
 
@@ -78,9 +99,9 @@ def _fake_tiny(path, *args, **kwargs):
     return path
 
 
-def test_embedded_models_are_built_on_first_start(tmp_path, monkeypatch):
-    """Absent: the base is built, then `papo train` (the README's demo run) into a folder renamed into place."""
-    import papo.tiny
+def test_embedded_models_are_built_on_first_start(tmp_path, monkeypatch, without_shipped_models):
+    """Not shipped: the base is built, then `papo train` (the README's demo run) into a folder renamed into place."""
+    import papo.embedded
 
     calls, messages = [], []
 
@@ -92,7 +113,7 @@ def test_embedded_models_are_built_on_first_start(tmp_path, monkeypatch):
         stdout.write("step 10/10\n")
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(papo.tiny, "save_tiny_vlm", _fake_tiny)
+    monkeypatch.setattr(papo.embedded, "embedded_model", _fake_tiny)
     monkeypatch.setattr(subprocess, "run", fake_train)
     base, adapter = ps.ensure_embedded_models(tmp_path / "cache", log=messages.append)
     [command] = calls
@@ -104,14 +125,14 @@ def test_embedded_models_are_built_on_first_start(tmp_path, monkeypatch):
     assert "step 10/10" in (tmp_path / "cache" / "demo-train.log").read_text()
 
 
-def test_embedded_models_failed_training_leaves_no_adapter(tmp_path, monkeypatch):
-    import papo.tiny
+def test_embedded_models_failed_training_leaves_no_adapter(tmp_path, monkeypatch, without_shipped_models):
+    import papo.embedded
 
     def failing_train(command, stdout, **kwargs):
         stdout.write("Traceback: something broke\n")
         return subprocess.CompletedProcess(command, 2)
 
-    monkeypatch.setattr(papo.tiny, "save_tiny_vlm", _fake_tiny)
+    monkeypatch.setattr(papo.embedded, "embedded_model", _fake_tiny)
     monkeypatch.setattr(subprocess, "run", failing_train)
     with pytest.raises(RuntimeError, match="something broke"):
         ps.ensure_embedded_models(tmp_path, log=lambda message: None)
@@ -271,9 +292,11 @@ def test_compare_gives_both_answers_with_aligned_kl_and_the_training_mask(models
             == len(answer["raw_tokens"])
         )
         assert all(v >= 0 for v in answer["kl"]) and max(answer["kl"]) > 0
-        assert answer["correct"] is False  # the tiny model never writes "Mar" in a box
+        assert answer["correct"] is False  # the embedded models never write "Mar" in a box
         assert len(answer["top_tokens"]) == min(ps.TOP_K, len(answer["kl"]))
-    assert data["baseline"]["token_ids"] != data["papo"]["token_ids"]  # the adapter changes the model
+    # The adapter changes the model: on this off-task question the sampled tokens may coincide, the
+    # per-token KL (each side scored by its own model) cannot.
+    assert data["baseline"]["kl"] != data["papo"]["kl"]
     assert data["kl_scale"] == max(max(data[s]["kl"]) for s in ps.SIDES)
     [expected] = masked_copies(
         result.prompt, [result.image], MaskingConfig(mask_ratio=0.6), 3, models.processor.image_processor
@@ -283,12 +306,14 @@ def test_compare_gives_both_answers_with_aligned_kl_and_the_training_mask(models
     assert again.to_json()["papo"]["kl"] == data["papo"]["kl"]  # seeded: same seed, same everything
 
 
-def test_baseline_is_the_base_model_without_the_adapter(models, space_cache, example_image):
+def test_baseline_is_the_base_model_without_the_adapter(models, example_image):
+    from papo import embedded
     from papo.evaluation.run import eval_prompt, load_model_and_adapter
     from papo.generation import generate_completions
 
     result = ps.compare(models, example_image, "What is shown?", None, 5, 0.0, MAX_NEW_TOKENS, 0.6)
-    base, processor = load_model_and_adapter(str(space_cache / "tiny-qwen2_5_vl"))
+    assert models.names["baseline"] == str(embedded.WARM_START_ASSET)  # the embedded default
+    base, processor = load_model_and_adapter(models.names["baseline"])
     [(_, ids)] = generate_completions(
         base, processor, [eval_prompt("<image>What is shown?")], [[result.image]],
         max_new_tokens=MAX_NEW_TOKENS, do_sample=False, show_progress=False,
