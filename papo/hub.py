@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from papo.files import write_dir_atomically
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -598,17 +600,7 @@ def _build_atomically(out_dir: Path, write: Callable[[Path], None], *, overwrite
         raise ValueError(f"out_dir {str(out_dir)!r} must not contain {source}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; choose an empty directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        write(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return write_dir_atomically(out_dir, write)
 
 
 def _is_previous_build(path: str | os.PathLike) -> bool:

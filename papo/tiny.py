@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,19 +307,15 @@ def save_tiny_vlm(
         if (output_dir / "config.json").exists():
             return output_dir
         raise FileExistsError(f"{output_dir} exists but holds no model; remove it or pass overwrite=True")
+    from papo.files import write_dir_atomically
+
     model, processor = build_tiny_vlm(architecture, seed, spec)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output_dir
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    return write_dir_atomically(output_dir, write)
 
 
 def _mrope_section(half: int) -> list[int]:

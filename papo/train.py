@@ -235,7 +235,6 @@ def save_resolved_config(path: Path, script_args, training_args, model_args) -> 
             value = getattr(value, "value", value)  # enums (save_strategy, ...) as their plain values
             plain = isinstance(value, str | int | float | bool | type(None) | list | dict)
             resolved[key] = value if plain else str(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(resolved, sort_keys=True))
-    os.replace(tmp, path)
+    from papo.files import write_text_atomically
+
+    write_text_atomically(path, yaml.safe_dump(resolved, sort_keys=True))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -146,6 +145,7 @@ def train_warm_start(
     import torch
     from trl import SFTConfig, SFTTrainer
 
+    from papo.files import write_dir_atomically
     from papo.tiny import build_tiny_vlm
 
     config = config or WarmStartConfig()
@@ -158,10 +158,10 @@ def train_warm_start(
     if not config.train_vision_tower:
         model.model.visual.requires_grad_(False)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    # The trainer's own output folder (nothing is saved: save_strategy "no") stays out of the checkpoint.
+    with tempfile.TemporaryDirectory(prefix=f".{output_dir.name}.trainer-", dir=output_dir.parent) as scratch:
         args = SFTConfig(
-            output_dir=str(tmp / "trainer"),
+            output_dir=scratch,
             max_steps=config.max_steps,
             per_device_train_batch_size=config.batch_size,
             learning_rate=config.learning_rate,
@@ -183,16 +183,11 @@ def train_warm_start(
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor)
         start = time.perf_counter()
         trainer.train()
-        save_compact(model.eval(), processor, tmp / "model")
-        record = {
-            "config": asdict(config),
-            "spec": asdict(spec),
-            "train_seconds": time.perf_counter() - start,
-        }
-        (tmp / "model" / "warm_start.json").write_text(json.dumps(record, indent=1))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp / "model", output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return output_dir
+        train_seconds = time.perf_counter() - start
+    record = {"config": asdict(config), "spec": asdict(spec), "train_seconds": train_seconds}
+
+    def write(folder: Path) -> None:
+        save_compact(model.eval(), processor, folder)
+        (folder / "warm_start.json").write_text(json.dumps(record, indent=1))
+
+    return write_dir_atomically(output_dir, write)

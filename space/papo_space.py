@@ -178,7 +178,7 @@ def ensure_embedded_models(cache_dir: Path, log=logger.info) -> tuple[Path, Path
     cache_dir.mkdir(parents=True, exist_ok=True)
     if base is None:
         log(f"Building the embedded base model under {cache_dir} ...")
-    base = embedded.embedded_model(cache_dir) if base is None else base
+        base = embedded.embedded_model(cache_dir)
     adapter = cache_dir / "demo-train"
     if (adapter / "adapter_model.safetensors").exists():
         return base, adapter

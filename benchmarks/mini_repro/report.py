@@ -36,8 +36,7 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 def final_eval(run: dict[str, Any]) -> dict[str, Any]:
     """The evaluation of a run's last checkpoint."""
-    steps = sorted(int(step) for step in run["evals"])
-    return run["evals"][steps[-1]] if steps[-1] in run["evals"] else run["evals"][str(steps[-1])]
+    return run["evals"][max(run["evals"], key=int)]
 
 
 def smoothed_tail(metrics: list[dict[str, Any]], key: str, last: int = 20) -> float:

@@ -26,6 +26,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,7 @@ def evaluate_checkpoint(
         return json.loads(cache.read_text())
     from benchmarks.mini_repro.evaluate import evaluate_policy
     from papo.evaluation.run import load_model_and_adapter
+    from papo.files import write_text_atomically
 
     model, processor = load_model_and_adapter(
         str(warm_start), str(adapter) if adapter else None, dtype="float32"
@@ -196,10 +198,7 @@ def evaluate_checkpoint(
         "blind": evaluate_policy(model, processor, test_rows, blind=True),
     }
     result["eval_seconds"] = time.perf_counter() - start
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, cache)
+    write_text_atomically(cache, json.dumps(result, indent=1))
     log(
         f"[mini_repro] eval {adapter or warm_start}: acc {result['with_image']['accuracy']:.3f} "
         f"blind {result['blind']['accuracy']:.3f} KL {result['with_image']['perception_kl']:.4f}"
@@ -251,7 +250,7 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict[str, Any]:
                 "command": " ".join(train_command(config, method, seed, warm_start, data)),
                 "metrics": read_metrics(run_dir(config, method, seed) / "metrics.jsonl"),
                 "evals": {
-                    step: evaluate_checkpoint(
+                    str(step): evaluate_checkpoint(  # str keys, as results.json gives them back
                         warm_start, path, test_rows, out / "evals" / f"{name}-step{step}.json", log
                     )
                     for step, path in checkpoints(config, method, seed)
@@ -285,6 +284,7 @@ def export_assets(
     import shutil
 
     from papo import embedded
+    from papo.files import write_dir_atomically
 
     assets = Path(assets or embedded.ASSETS_DIR)
     warm_start = Path(config.warm_start) if config.warm_start else Path(config.out) / "warm-start"
@@ -295,27 +295,26 @@ def export_assets(
         warm_start: assets / embedded.WARM_START_ASSET.name,
         adapter: assets / embedded.PAPO_ADAPTER_ASSET.name,
     }
+    skipped = ("metrics.jsonl", "wall_seconds.json", "training_args.bin")
+
+    def copy_from(source: Path) -> Callable[[Path], None]:
+        def write(folder: Path) -> None:
+            for path in source.iterdir():
+                if path.is_file() and path.name not in skipped:
+                    shutil.copy2(path, folder / path.name)
+            if (folder / "adapter_config.json").exists():
+                adapter_config = json.loads((folder / "adapter_config.json").read_text())
+                adapter_config["base_model_name_or_path"] = str(
+                    embedded.WARM_START_ASSET.relative_to(embedded.ASSETS_DIR.parents[1])
+                )
+                (folder / "adapter_config.json").write_text(
+                    json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"
+                )
+
+        return write
+
     for source, target in targets.items():
-        staging = target.with_name(f".{target.name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        for path in source.iterdir():
-            if path.is_file() and path.name not in (
-                "metrics.jsonl",
-                "wall_seconds.json",
-                "training_args.bin",
-            ):
-                shutil.copy2(path, staging / path.name)
-        if (staging / "adapter_config.json").exists():
-            adapter_config = json.loads((staging / "adapter_config.json").read_text())
-            adapter_config["base_model_name_or_path"] = str(
-                embedded.WARM_START_ASSET.relative_to(embedded.ASSETS_DIR.parents[1])
-            )
-            (staging / "adapter_config.json").write_text(
-                json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"
-            )
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        write_dir_atomically(target, copy_from(source))
     return assets
 
 
