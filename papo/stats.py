@@ -63,6 +63,8 @@ def paired_bootstrap_ci(
 
     diffs = _paired(a, b)
     mean = float(diffs.mean())
+    if np.isnan(mean):  # a metric not measured on some pair
+        return mean, mean, mean
     if diffs.size < 2 or np.all(diffs == diffs[0]):
         return mean, mean, mean
     result = stats.bootstrap(
@@ -81,7 +83,7 @@ def paired_t_test(a: Sequence[float], b: Sequence[float]) -> float:
     from scipy import stats
 
     diffs = _paired(a, b)
-    if diffs.size < 2 or np.all(diffs == diffs[0]):
+    if diffs.size < 2 or np.isnan(diffs).any() or np.all(diffs == diffs[0]):
         return math.nan
     return float(stats.ttest_rel(b, a).pvalue)
 
@@ -106,6 +108,8 @@ class PairedComparison:
 
     def verdict(self) -> str:
         """One plain sentence for reports."""
+        if math.isnan(self.mean_diff):
+            return "not measured on every pair"
         if self.n < 2:
             return "one pair only: no estimate of the noise"
         if not self.significant:

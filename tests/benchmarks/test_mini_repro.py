@@ -140,3 +140,18 @@ def test_summary_is_mean_and_sample_std_over_seeds_with_deltas_paired_by_seed():
     assert stats["mean_diff"] == pytest.approx(0.2) and stats["n"] == 2
     assert stats["ci_low"] == pytest.approx(0.1) and stats["ci_high"] == pytest.approx(0.3)
     assert delta["stats_by_task"]["read_number"]["mean_diff"] == pytest.approx(0.2)
+
+
+def test_collapse_warnings_are_read_from_the_train_log(tmp_path):
+    config = mini.ExperimentConfig(out=str(tmp_path))
+    log = mini.run_dir(config, "papo-g-high", 3) / "train.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "INFO papo.train: starting\n"
+        "WARNING papo.guards: step 37: signs of PAPO collapse (KL_prcp hacking, spec §5): perception_kl surging, "
+        "both entropies rising; consider collapse_guard: reduce_gamma\n"
+        "{'loss': 0.1, 'step': 38}\n"
+        "WARNING papo.guards: step 41: signs of PAPO collapse (KL_prcp hacking, spec §5): a, b\n"
+    )
+    assert mini.collapse_warnings(config, "papo-g-high", 3) == [37, 41]
+    assert mini.collapse_warnings(config, "grpo", 3) == []
