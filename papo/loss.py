@@ -35,6 +35,7 @@ ESTIMATORS = ("k1", "k2", "k3")
 LOSS_TYPES = ("grpo", "sapo", "bnpo", "dr_grpo", "dapo", "cispo", "vespo", "luspo")
 APPLY_MODES = ("all", "correct_only", "weighted")
 SCHEDULES = ("fixed", "linear")
+DISCOUNT_RULES = ("official", "start")
 ENTROPY_MODES = ("sampled", "full")
 
 # verl's low_var_kl clamps: the log-ratio to [-20, 20] (exp stays finite), the estimate to [-10, 10].
@@ -233,27 +234,86 @@ def gamma_schedule(
     start: float = 0.01,
     end: float = 0.0,
     annealing_ratio: float = 0.5,
+    discount_rule: str = "official",
 ) -> tuple[float, float]:
     """Perception-KL coefficient γ_t and entropy discount d_t at optimizer step ``step`` (0-based).
 
     * "fixed":  (γ, 1.0).
     * "linear" (official "annealing", ``AnnealingKLController``): with N = max(1, int(annealing_ratio ·
       total_steps)), γ_t = start + (end − start) · min(step / N, 1), i.e. linear from ``start`` to ``end``
-      over N steps and then constant at ``end``; ``gamma`` is not used. d_t = γ_t / start (1.0 if start is 0).
+      over N steps and then constant at ``end``; ``gamma`` only sets the discount.
 
-    Both entropy coefficients are multiplied by d_t (the official code scales them by the same ratio as γ).
-    Deviation: the official ratio divides by the configured ``kl_prcp_coef`` rather than by ``start``;
-    the two agree when the config sets ``kl_prcp_coef == start``, and ours makes d_0 = 1 in every case.
+    Both entropy coefficients are multiplied by d_t (the official code scales them by the same ratio as γ):
+
+    * ``discount_rule="official"`` (default; dp_actor.py): d_t = γ_t / γ, with γ the configured
+      ``kl_prcp_coef`` (here ``gamma``), and 1.0 when γ_t == γ. γ = 0 raises ValueError (the official
+      code divides by zero there).
+    * ``discount_rule="start"`` (ours): d_t = γ_t / start (1.0 if start is 0), so d_0 = 1 whatever γ is.
+
+    The two agree when γ == start; e.g. γ = 0.02, start = 0.01: d_0 = 0.5 officially, 1.0 with "start".
     """
+    if discount_rule not in DISCOUNT_RULES:
+        raise ValueError(
+            f"Unknown entropy discount rule {discount_rule!r}; valid values are {DISCOUNT_RULES}."
+        )
     if schedule == "fixed":
         return float(gamma), 1.0
     if schedule == "linear":
         anneal_steps = max(1, int(annealing_ratio * total_steps))
         progress = min(max(step, 0) / anneal_steps, 1.0)
         gamma_t = start + (end - start) * progress
-        discount = gamma_t / start if start != 0 else 1.0
+        if discount_rule == "official":
+            if gamma == 0:
+                raise ValueError(
+                    "the linear γ schedule's official entropy discount is γ_t / perception_kl_coef: set "
+                    "perception_kl_coef > 0 (usually = perception_kl_coef_start), or use discount rule 'start'."
+                )
+            discount = 1.0 if gamma_t == gamma else gamma_t / gamma
+        else:
+            discount = gamma_t / start if start != 0 else 1.0
         return float(gamma_t), float(discount)
     raise ValueError(f"Unknown perception-KL schedule {schedule!r}; valid values are {SCHEDULES}.")
+
+
+def reference_kl(
+    logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    loss_type: str = "bnpo",
+    max_completion_length: int | None = None,
+    num_items: Tensor | float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The official reference-KL penalty of one micro-batch (spec §1.5; verl ``use_kl_loss``)::
+
+        term = + β · aggregate(k3(ref_logp − logp), mask, loss_type)
+
+    Args:
+        logp:     (B, T) log π_θ(o_t) of the sampled tokens, with gradient.
+        ref_logp: (B, T) log π_ref(o_t), no gradient.
+        mask:     (B, T) completion mask.
+        beta:     β (official ``kl_coef`` 0.01).
+        loss_type, max_completion_length, num_items: see `aggregate` (``bnpo`` = the official token-mean).
+
+    Returns:
+        ``(term, kl)``: ``term`` 0-dim, to add to the loss (no gradient-accumulation scaling applied);
+        ``kl`` (B, T) the per-token k3 (0 at padding), for logging.
+
+    The per-token value is verl's ``low_var_kl``: k3 = clamp(exp(x') − x' − 1, −10, 10) with
+    x' = clamp(ref_logp − logp, −20, 20) (`per_token_kl`). Unlike TRL's default it is **not** multiplied by
+    the importance ratio π_θ/π_θold (TRL's ``use_bias_correction_kl``), and it is clamped (TRL's is not:
+    at x = 3 TRL gives 16.09, verl 10). Gradient per valid token for bnpo:
+    ∂term/∂l_t = −β · (exp(x_t) − 1) / N where no clamp is active, 0 where one is.
+    """
+    valid = mask.bool()
+    logp = torch.where(valid, logp, torch.zeros_like(logp))
+    ref_logp = torch.where(valid, ref_logp, torch.zeros_like(ref_logp))
+    kl = per_token_kl(logp, ref_logp, "k3")
+    term = beta * aggregate(
+        kl, mask, loss_type, max_completion_length=max_completion_length, num_items=num_items
+    )
+    return term, kl
 
 
 @dataclass

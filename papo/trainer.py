@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from papo.guards import COLLAPSE_ACTIONS, CollapseGuard, check_finite
-from papo.loss import apply_mode_weights, gamma_schedule, papo_terms, per_token_kl
+from papo.loss import apply_mode_weights, gamma_schedule, papo_terms, per_token_kl, reference_kl
 from papo.masking import MaskingConfig, check_same_grid, mask_images, mask_seed, prompt_key
 from papo.vllm_check import (
     SyncRecord,
@@ -60,7 +61,39 @@ _GLOBAL_NORMALISED = ("dapo", "cispo", "vespo")
 
 @dataclass
 class PAPOConfig(GRPOConfig):
-    """GRPOConfig plus the PAPO settings. Defaults are the official PAPO-G 3B values (spec §3)."""
+    """GRPOConfig plus the PAPO settings. Defaults are the official PAPO-G 3B values (spec §1.5, §3).
+
+    Where TRL's GRPOConfig defaults differ from the official recipe they are overridden here, so a bare
+    ``PAPOConfig()`` trains the paper's PAPO-G: token-mean loss (``bnpo``), ε 0.2/0.3, dual-clip 3.0,
+    reference KL β = 0.01 (k3, clamped, not importance-weighted), no dropout, γ = 0.02, masks p = 0.6.
+    The official 3 optimizer updates per generation batch depend on the batch sizes: set
+    ``steps_per_generation = 3 × gradient_accumulation_steps`` (the full-run presets do).
+    """
+
+    # --- TRL settings whose defaults are not the official ones ---
+    loss_type: str = field(
+        default="bnpo",
+        metadata={"help": "bnpo = the official token-mean per micro-batch (TRL's default: dapo)."},
+    )
+    epsilon_high: float | None = field(
+        default=0.3, metadata={"help": "upper clip ε_high (official GRPO/PAPO-G 0.3; DAPO/PAPO-D 0.28)."}
+    )
+    delta: float | None = field(
+        default=3.0, metadata={"help": "dual-clip bound (official clip_ratio_dual 3.0)."}
+    )
+    beta: float = field(
+        default=0.01, metadata={"help": "reference KL β (official kl_coef 0.01; 0 = no reference model)."}
+    )
+    use_bias_correction_kl: bool = field(
+        default=False,
+        metadata={
+            "help": "not used by PAPOTrainer: the reference KL is the official one (never importance-weighted)."
+        },
+    )
+    disable_dropout: bool = field(
+        default=True,
+        metadata={"help": "turn every dropout off (official: no dropout; dropout biases the perception KL)."},
+    )
 
     perception_loss: bool = field(
         default=True,
@@ -87,6 +120,12 @@ class PAPOConfig(GRPOConfig):
     perception_kl_coef_end: float = field(default=0.0, metadata={"help": "linear schedule: final γ."})
     perception_kl_annealing_ratio: float = field(
         default=0.5, metadata={"help": "linear schedule: fraction of training over which γ moves."}
+    )
+    perception_kl_discount: str = field(
+        default="official",
+        metadata={
+            "help": "linear schedule's entropy discount d_t: official (γ_t / perception_kl_coef) | start (γ_t / start)."
+        },
     )
     perception_kl_apply_mode: str = field(
         default="all",
@@ -156,7 +195,15 @@ class PAPOConfig(GRPOConfig):
             noise_std=self.mask_noise_std,
         )
         # Fail at configuration time, not at the first step.
-        gamma_schedule(0, 1, gamma=self.perception_kl_coef, schedule=self.perception_kl_schedule)
+        gamma_schedule(
+            0,
+            1,
+            gamma=self.perception_kl_coef,
+            schedule=self.perception_kl_schedule,
+            start=self.perception_kl_coef_start,
+            end=self.perception_kl_coef_end,
+            discount_rule=self.perception_kl_discount,
+        )
         apply_mode_weights(self.perception_kl_apply_mode, torch.ones(1), self.perception_kl_incorrect_weight)
         if self.collapse_guard not in COLLAPSE_ACTIONS:
             raise ValueError(f"collapse_guard must be one of {COLLAPSE_ACTIONS}, got {self.collapse_guard!r}")
@@ -197,6 +244,11 @@ class PAPOTrainer(GRPOTrainer):
         if not isinstance(self.args, PAPOConfig):
             raise TypeError("PAPOTrainer needs a PAPOConfig (a GRPOConfig with the PAPO settings)")
         self._papo_capture: list | None = None  # set while compute_loss runs TRL's loss
+        dropout = _active_dropout(self.model)
+        # With dropout on, the masked branch is re-run next to the training forward with its dropout masks.
+        self._dropout_active = bool(dropout) and self.args.perception_loss
+        if dropout:
+            _warn_dropout_once(dropout, self.args.perception_loss)
         self._papo_rewards: torch.Tensor | None = None
         self.collapse_guard = CollapseGuard(
             self.args.collapse_guard if self.args.perception_loss else "off",
@@ -301,7 +353,7 @@ class PAPOTrainer(GRPOTrainer):
                 **_image_kwargs(output, masked_pixel_values),
             )
         output["masked_per_token_logps"] = masked_logps
-        if self.args.recompute_masked_logps:
+        if self.args.recompute_masked_logps or self._dropout_active:
             # A list (one tensor per sample) so TRL's shuffle/split carries each sample's patches with its row.
             lengths = output["image_grid_thw"].prod(-1)
             per_image = list(torch.split(masked_pixel_values, lengths.tolist()))
@@ -476,30 +528,85 @@ class PAPOTrainer(GRPOTrainer):
 
     # --- wrapped TRL method 3 (public): the loss ------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not self.args.perception_loss:
+        """TRL's loss with its reference KL switched off, plus the official reference KL and the PAPO terms.
+
+        TRL's own reference term differs from the official one (importance-weighted when
+        ``use_bias_correction_kl``, k3 not clamped), so TRL runs with ``beta = 0`` inside this call and the
+        official term (`papo.loss.reference_kl`) is added here from the reference log-probs TRL computed at
+        generation. Both reuse the log-probs of TRL's one training forward.
+        """
+        beta = self.beta
+        if not self.args.perception_loss and beta == 0.0:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             check_finite(self.state.global_step, loss=loss)
             return loss
         self._papo_capture = []
+        rng = _rng_snapshot(inputs["completion_ids"].device) if self._dropout_active else None
+        self.beta = 0.0
         try:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             (logp, entropies, _aux) = self._papo_capture[0]
         finally:
+            self.beta = beta
             self._papo_capture = None
-        papo_loss = self._papo_loss(model, inputs, logp, entropies)
+        extra = {}
+        if beta != 0.0:
+            extra["ref_kl_loss"] = self._reference_kl_loss(inputs, logp, beta)
+        if self.args.perception_loss:
+            extra["papo_loss"] = self._papo_loss(model, inputs, logp, entropies, rng)
         # before backward: a NaN/inf step is never applied, so no NaN adapter can be saved
-        check_finite(self.state.global_step, rl_loss=loss, papo_loss=papo_loss)
-        return loss + papo_loss
+        check_finite(self.state.global_step, rl_loss=loss, **extra)
+        return loss + sum(extra.values())
 
-    def _papo_loss(self, model, inputs, logp: torch.Tensor, entropies: torch.Tensor | None) -> torch.Tensor:
+    def _loss_normalisation(self, inputs) -> tuple[torch.Tensor | None, float]:
+        """(num_items, accumulation): TRL's reduction constants for this micro-batch and loss type.
+
+        The global-token normalisers (dapo, ...) already cover gradient accumulation (num_items is set);
+        the other loss types are divided by the accumulation steps (num_items is None).
+        """
+        mode = "train" if self.model.training else "eval"
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+        num_items = None
+        if self.loss_type in _GLOBAL_NORMALISED:
+            num_items = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            if mode == "train":
+                num_items = num_items * accumulation / self.args.steps_per_generation
+        return num_items, accumulation
+
+    def _loss_mask(self, inputs) -> torch.Tensor:
+        mask = inputs["completion_mask"]
+        return mask * inputs["tool_mask"] if "tool_mask" in inputs else mask
+
+    def _reference_kl_loss(self, inputs, logp: torch.Tensor, beta: float) -> torch.Tensor:
+        """The official reference KL (spec §1.5), aggregated and scaled like TRL's loss; logged as `kl`."""
+        mask = self._loss_mask(inputs)
+        num_items, accumulation = self._loss_normalisation(inputs)
+        term, kl = reference_kl(
+            logp,
+            inputs["ref_per_token_logps"],
+            mask,
+            beta=beta,
+            loss_type=self.loss_type,
+            max_completion_length=self.args.max_completion_length,
+            num_items=num_items,
+        )
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["kl"].append(self._global_token_mean(kl.detach(), mask))
+        return term if num_items is not None else term / accumulation
+
+    def _papo_loss(
+        self, model, inputs, logp: torch.Tensor, entropies: torch.Tensor | None, rng=None
+    ) -> torch.Tensor:
         args = self.args
         mode = "train" if self.model.training else "eval"
-        mask = inputs["completion_mask"]
-        if "tool_mask" in inputs:
-            mask = mask * inputs["tool_mask"]
+        mask = self._loss_mask(inputs)
         masked_logp = inputs["masked_per_token_logps"]
         if args.recompute_masked_logps:
-            masked_logp = self._masked_logps_with_grad(model, inputs)
+            masked_logp = self._masked_logps_with_grad(model, inputs, rng)
+        elif rng is not None:
+            # dropout is on: re-run the masked branch (no grad) with the training forward's dropout masks
+            with torch.no_grad():
+                masked_logp = self._masked_logps_with_grad(model, inputs, rng)
 
         total_steps = max(self.state.max_steps, 1)
         gamma, discount = gamma_schedule(
@@ -510,6 +617,7 @@ class PAPOTrainer(GRPOTrainer):
             start=args.perception_kl_coef_start,
             end=args.perception_kl_coef_end,
             annealing_ratio=args.perception_kl_annealing_ratio,
+            discount_rule=args.perception_kl_discount,
         )
         accuracy = inputs.get("papo_accuracy")
         if accuracy is None:
@@ -517,14 +625,8 @@ class PAPOTrainer(GRPOTrainer):
         weights = apply_mode_weights(
             args.perception_kl_apply_mode, accuracy, args.perception_kl_incorrect_weight
         )
-        # Same reduction and gradient-accumulation scaling as TRL's own loss for this loss_type: the
-        # global-token normalisers (dapo, ...) already cover accumulation, the others are divided by it.
-        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
-        num_items = None
-        if self.loss_type in _GLOBAL_NORMALISED:
-            num_items = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-            if mode == "train":
-                num_items = num_items * accumulation / args.steps_per_generation
+        # Same reduction and gradient-accumulation scaling as TRL's own loss for this loss_type.
+        num_items, accumulation = self._loss_normalisation(inputs)
         # entropies are token-means whatever the loss type: scale them for accumulation here
         eta_scale = discount / accumulation if num_items is not None else discount
         terms = papo_terms(
@@ -553,17 +655,25 @@ class PAPOTrainer(GRPOTrainer):
         metrics["perception_kl_coef"].append(gamma)
         return terms.loss if num_items is not None else terms.loss / accumulation
 
-    def _masked_logps_with_grad(self, model, inputs) -> torch.Tensor:
+    def _masked_logps_with_grad(self, model, inputs, rng=None) -> torch.Tensor:
+        """The masked branch re-run by the current model (with gradient unless under no_grad).
+
+        ``rng``: the RNG state taken just before TRL's training forward; when given, this forward runs
+        from the same state, so with dropout on it draws the same dropout masks as the training forward
+        (same shapes, same module order) and the two passes differ only by the image.
+        """
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         pixel_values = torch.cat(inputs["masked_pixel_values"])
-        logps, _, _ = self._get_per_token_logps_and_entropies(
-            model,
-            input_ids,
-            attention_mask,
-            inputs["completion_ids"].size(1),
-            **_image_kwargs(inputs, pixel_values),
-        )
+        device = inputs["completion_ids"].device
+        with _rng_restored(device, rng):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                model,
+                input_ids,
+                attention_mask,
+                inputs["completion_ids"].size(1),
+                **_image_kwargs(inputs, pixel_values),
+            )
         return logps
 
     def _global_token_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
@@ -586,6 +696,69 @@ class PAPOTrainer(GRPOTrainer):
         accuracy = self._papo_rewards[start : start + batch_size, names.index(name)]
         self._papo_rewards = None
         return torch.nan_to_num(accuracy, nan=0.0).to(device)
+
+
+_DROPOUT_WARNED = False
+
+
+def _warn_dropout_once(names: list[str], perception_loss: bool) -> None:
+    global _DROPOUT_WARNED
+    if _DROPOUT_WARNED:
+        return
+    _DROPOUT_WARNED = True
+    detail = (
+        "PAPO keeps the two passes consistent by re-running the masked branch next to each training forward "
+        "with the same dropout masks (one extra forward per micro-batch; its target is then the current "
+        "policy, not the old one)"
+        if perception_loss
+        else "the importance ratio and the reference KL then include dropout noise"
+    )
+    warnings.warn(
+        f"dropout is on in {len(names)} modules (e.g. {names[0]}; disable_dropout: false). The official runs "
+        f"have no dropout, and dropout makes a second forward differ from the first even on the same input, "
+        f"which biases the perception KL: {detail}. Set disable_dropout: true (the default) to match them.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _active_dropout(model: torch.nn.Module) -> list[str]:
+    """Names of the dropout modules of `model` that would drop something in train mode."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0
+    ]
+
+
+def _rng_snapshot(device: torch.device) -> tuple:
+    """The CPU RNG state and, on an accelerator, that device's RNG state."""
+    if device.type == "cpu":
+        return (torch.get_rng_state(), None)
+    return (torch.get_rng_state(), torch.get_device_module(device.type).get_rng_state(device))
+
+
+class _rng_restored:
+    """Run a block from the RNG state `rng` (a `_rng_snapshot`), then put the RNG back as it was."""
+
+    def __init__(self, device: torch.device, rng: tuple | None):
+        self.device, self.rng, self.saved = device, rng, None
+
+    def __enter__(self):
+        if self.rng is not None:
+            self.saved = _rng_snapshot(self.device)
+            _set_rng(self.device, self.rng)
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            _set_rng(self.device, self.saved)
+        return False
+
+
+def _set_rng(device: torch.device, rng: tuple) -> None:
+    torch.set_rng_state(rng[0])
+    if rng[1] is not None:
+        torch.get_device_module(device.type).set_rng_state(rng[1], device)
 
 
 def _merged_fingerprint(layer) -> tuple[float, float]:

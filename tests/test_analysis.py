@@ -1,5 +1,8 @@
 """Per-token perception KL of given answers (what `papo eval` stores and the Space shows)."""
 
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
 from PIL import Image
@@ -74,3 +77,27 @@ def test_k3_estimator_and_bad_estimator(setup):
     assert all(v >= 0 for row in k3 for v in row)
     with pytest.raises(ValueError, match="estimator"):
         perception_kl_per_token(model, processor, prompts, images, completions, estimator="k4")
+
+
+def test_kl_direction_with_hand_set_distributions(monkeypatch):
+    """KL(π(·|I) ‖ π(·|I_mask)), not the reverse: p = [0.9, 0.1] on the original image and q = [0.5, 0.5]
+    on the masked one give 0.368 nats (the reverse would be 0.511). On the tiny model the two
+    directions differ by < 1e-6, so only hand-set distributions can tell them apart."""
+    import papo.analysis as analysis
+
+    p = torch.tensor([0.9, 0.1]).log().view(1, 1, 2)
+    q = torch.tensor([0.5, 0.5]).log().view(1, 1, 2)
+    monkeypatch.setattr(analysis, "masked_copies", lambda prompt, row, *a, **k: ["masked"] * len(row))
+
+    def logprobs(model, processor, prompts, images, completions):
+        return (q if images[0][0] == "masked" else p), torch.ones(1, 1, dtype=torch.long)
+
+    monkeypatch.setattr(analysis, "completion_logprobs", logprobs)
+    processor = SimpleNamespace(image_processor=None)
+    [full] = analysis.perception_kl_per_token(None, processor, [[]], [["original"]], [[0]])
+    assert full == [pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2), abs=1e-6)]
+    assert full[0] == pytest.approx(0.368, abs=1e-3) and abs(full[0] - 0.511) > 0.1
+    # the training estimator on the sampled token 0: k3 of x = log q − log p
+    [k3] = analysis.perception_kl_per_token(None, processor, [[]], [["original"]], [[0]], estimator="k3")
+    x = math.log(0.5 / 0.9)
+    assert k3 == [pytest.approx(math.exp(x) - x - 1, abs=1e-6)]

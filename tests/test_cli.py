@@ -100,3 +100,12 @@ def test_train_presets_parse(tmp_path):
         assert training_args.perception_loss == papo, preset
         assert training_args.dynamic_sampling == ("dapo" in preset or "papo-d" in preset), preset
         assert training_args.loss_type == "bnpo" and training_args.reward_weights == [0.9, 0.1]
+        # official: no dropout anywhere; 3 optimizer updates per generation batch in every full run
+        assert training_args.disable_dropout and model_args.lora_dropout == 0.0, preset
+        assert training_args.use_bias_correction_kl is False and training_args.delta == 3.0, preset
+        updates = training_args.steps_per_generation // training_args.gradient_accumulation_steps
+        assert updates == (1 if preset == "demo" else 3), preset
+        assert training_args.steps_per_generation % training_args.gradient_accumulation_steps == 0
+        dapo = preset.startswith(("dapo", "papo-d"))
+        assert training_args.beta == (0.0 if dapo or "nref" in preset else 0.01), preset
+        assert training_args.epsilon_high == (0.28 if dapo else 0.3), preset

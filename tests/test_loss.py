@@ -15,6 +15,7 @@ from papo.loss import (
     papo_terms,
     per_token_kl,
     perception_kl,
+    reference_kl,
     sampled_token_entropy,
     token_mean,
 )
@@ -255,15 +256,31 @@ def test_gamma_schedule_fixed():
     assert gamma_schedule(99, 100, gamma=0.02, schedule="fixed") == (0.02, 1.0)
 
 
-def test_gamma_schedule_linear():
-    kw = dict(gamma=0.02, schedule="linear", start=0.01, end=0.0, annealing_ratio=0.5)  # 50 annealing steps
+def test_gamma_schedule_linear_start_rule():
+    # ours: d_t = γ_t / start
+    kw = dict(gamma=0.02, schedule="linear", start=0.01, end=0.0, annealing_ratio=0.5, discount_rule="start")
     assert gamma_schedule(0, 100, **kw) == pytest.approx((0.01, 1.0))
-    assert gamma_schedule(25, 100, **kw) == pytest.approx((0.005, 0.5))  # midway
+    assert gamma_schedule(25, 100, **kw) == pytest.approx((0.005, 0.5))  # midway (50 annealing steps)
     assert gamma_schedule(50, 100, **kw) == pytest.approx((0.0, 0.0))  # end of annealing
     assert gamma_schedule(80, 100, **kw) == pytest.approx((0.0, 0.0))  # stays at end
-    kw2 = dict(gamma=0.02, schedule="linear", start=0.02, end=0.01, annealing_ratio=0.5)
+    kw2 = dict(kw, start=0.02, end=0.01)
     assert gamma_schedule(25, 100, **kw2) == pytest.approx((0.015, 0.75))
     assert gamma_schedule(90, 100, **kw2) == pytest.approx((0.01, 0.5))
+
+
+def test_gamma_schedule_linear_official_rule_is_default():
+    # official (dp_actor.py): d_t = γ_t / kl_prcp_coef, 1 when they are equal
+    kw = dict(gamma=0.02, schedule="linear", start=0.01, end=0.0, annealing_ratio=0.5)
+    assert gamma_schedule(0, 100, **kw) == pytest.approx((0.01, 0.5))  # "start" would give 1.0
+    assert gamma_schedule(25, 100, **kw) == pytest.approx((0.005, 0.25))
+    assert gamma_schedule(80, 100, **kw) == pytest.approx((0.0, 0.0))
+    kw2 = dict(kw, start=0.02, end=0.01)  # γ == start: both rules agree
+    assert gamma_schedule(0, 100, **kw2) == (0.02, 1.0)
+    assert gamma_schedule(25, 100, **kw2) == pytest.approx((0.015, 0.75))
+    with pytest.raises(ValueError, match="perception_kl_coef > 0"):
+        gamma_schedule(0, 100, **dict(kw, gamma=0.0))
+    with pytest.raises(ValueError, match="discount rule"):
+        gamma_schedule(0, 100, **dict(kw, discount_rule="bogus"))
 
 
 def test_gamma_schedule_unknown():
@@ -461,3 +478,33 @@ def test_zero_coefficients_zero_loss_and_gradient():
     terms.loss.backward()
     assert torch.equal(logp.grad, torch.zeros_like(logp))
     assert torch.equal(masked.grad, torch.zeros_like(masked))
+
+
+# --- reference_kl (the official reference KL) ------------------------------------------------------
+
+
+def test_reference_kl_is_clamped_k3_token_mean_without_importance_weight():
+    mask = t([[1, 1, 1], [1, 0, 0]])
+    logp = t([[-1.0, -2.0, -0.5], [-1.0, 7.0, 7.0]])
+    ref = logp + t([[3.0, 0.0, -30.0], [0.5, 99.0, 99.0]])  # x = ref − logp
+    term, kl = reference_kl(logp, ref, mask, beta=0.01)
+    expected = [k3(3.0, 0.0), 0.0, k3(-30.0, 0.0), k3(0.5, 0.0)]
+    assert expected[0] == 10.0  # TRL's unclamped k3 would give exp(3) − 4 = 16.09
+    assert math.isclose(math.exp(3) - 4, 16.0855, rel_tol=1e-4)
+    torch.testing.assert_close(kl[mask.bool()], t(expected))
+    assert torch.all(kl[~mask.bool()] == 0)
+    torch.testing.assert_close(term, t(0.01 * sum(expected) / 4))
+
+
+def test_reference_kl_gradient_and_loss_types():
+    mask = t([[1, 1], [1, 0]])
+    logp = t([[-1.0, -2.0], [-0.3, 0.0]]).requires_grad_(True)
+    ref = t([[-1.5, -1.0], [-0.3, 5.0]])
+    term, _ = reference_kl(logp, ref, mask, beta=0.5)
+    (grad,) = torch.autograd.grad(term, logp)
+    x = (ref - logp).detach()
+    torch.testing.assert_close(grad, torch.where(mask.bool(), -0.5 * (x.exp() - 1) / 3, 0.0))
+    seq, _ = reference_kl(logp, ref, mask, beta=0.5, loss_type="grpo")
+    assert not torch.isclose(seq, term)
+    with pytest.raises(ValueError, match="num_items"):
+        reference_kl(logp, ref, mask, beta=0.5, loss_type="dapo")

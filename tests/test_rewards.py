@@ -113,6 +113,10 @@ def test_extract_boxed_answer(text, expected):
         (NO_BOX, 0.0, 0.0),
         (r"<think>a</think>\boxed{3} trailing text", 1.0, 1.0),
         (r"preamble <think>a</think>\boxed{3}", 0.0, 1.0),  # strict is a fullmatch: nothing before <think>
+        # opened and never closed: no format reward under either pattern (both need "</think>")
+        (r"<think>reasoning \boxed{3}", 0.0, 0.0),
+        (r"<think>reasoning <think> \boxed{3}", 0.0, 0.0),
+        (r"<think>reasoning \boxed{3}</think>", 0.0, 0.0),  # the box must come after </think>
     ],
 )
 def test_format_patterns(text, strict, relaxed):

@@ -218,6 +218,7 @@ def test_short_lora_training_run_logs_perception_kl(tmp_path, tiny_model_dirs, t
     assert len(step_logs) == 2
     for log in step_logs:
         assert log["perception_kl"] > 0 and torch.isfinite(torch.tensor(log["perception_kl"]))
+        assert 0 <= log["kl"] < 1  # the official reference KL, logged by PAPOTrainer (TRL's own is off)
         for key in (
             "entropy/original",
             "entropy/masked",

@@ -215,3 +215,40 @@ def test_connection_errors_are_retried_then_reported(push_env, tiny_adapter_dir)
     )
     assert "try 1/2 failed" in result.stderr
     assert TEST_TOKEN not in result.stderr + result.stdout
+
+
+def test_token_is_scrubbed_from_retried_transport_errors(tmp_path, monkeypatch, caplog):
+    """A transport error whose text carries the token (e.g. an echoed Authorization header): neither
+    the retry warnings nor the final error may show it."""
+    import logging
+
+    import pytest
+
+    import papo.hub as hub_module
+
+    secret = "hf_" + "SeCrEt" * 6
+    (tmp_path / "adapter_config.json").write_text("{}")
+    attempts = []
+
+    def failing_push(*args, **kwargs):
+        attempts.append(1)
+        raise ConnectionError(f"connection reset; request headers: Authorization: Bearer {secret} (retry)")
+
+    monkeypatch.setattr(hub_module, "_push_once", failing_push)
+    with caplog.at_level(logging.WARNING, logger="papo.hub"):
+        with pytest.raises(hub_module.HubPushError) as info:
+            hub_module._push_folder(
+                tmp_path,
+                REPO,
+                "model",
+                private=False,
+                token=secret,
+                commit_message="m",
+                retries=3,
+                retry_base_delay=0.0,
+            )
+    assert len(attempts) == 3
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 2 and all("retrying" in w and "Authorization: Bearer" in w for w in warnings)
+    for text in (*warnings, str(info.value)):
+        assert secret not in text
