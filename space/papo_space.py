@@ -163,7 +163,7 @@ def ensure_embedded_models(cache_dir: Path, log=logger.info) -> tuple[Path, Path
     """(baseline model dir, PAPO adapter dir): the embedded pair, shipped or built under `cache_dir`.
 
     Shipped with the package (`papo.embedded`): the warm-started small Qwen2.5-VL as the baseline and the
-    PAPO-G adapter the mini reproduction trained from it (seed 0), so the two answers really differ.
+    PAPO-G adapter the mini reproduction trained from it (its median seed), so the two answers really differ.
     Without them (a trimmed install) the base is `papo.embedded.embedded_model(cache_dir)` and the adapter
     is the README's demo run, `papo train --output_dir <cache>/demo-train --embedded_dir <cache>`, run once
     in a subprocess (its seeding and threads stay out of this process) into a temporary folder renamed
@@ -336,9 +336,9 @@ class Models:
         text = f"Baseline: `{names['baseline']}` · PAPO: `{names['papo']}` · device `{names['device']}`"
         if self.config.embedded:
             text += (
-                " · embedded demo models: a ~2.4M-parameter warm start trained on synthetic shape/number/bar/dot "
-                "questions and its PAPO-G adapter; outside those tasks they write nonsense. Set PAPO_BASE_MODEL / "
-                "PAPO_ADAPTER for real models."
+                " · embedded demo models: a ~2.4M-parameter warm start that reads small handwritten digits "
+                "(28 px each, like the examples) and its PAPO-G adapter; outside those tasks they write nonsense. "
+                "Set PAPO_BASE_MODEL / PAPO_ADAPTER for real models."
             )
         return text
 

@@ -155,3 +155,12 @@ def test_collapse_warnings_are_read_from_the_train_log(tmp_path):
     )
     assert mini.collapse_warnings(config, "papo-g-high", 3) == [37, 41]
     assert mini.collapse_warnings(config, "grpo", 3) == []
+
+
+def test_jobs_run_the_paired_arms_first_and_the_restricted_arm_on_its_seeds():
+    config = mini.ExperimentConfig(seeds=(0, 1, 2), method_seeds={"papo-g-high": (0, 2, 7)})
+    assert mini.experiment_jobs(config) == [
+        *[("grpo", 0), ("papo-g", 0), ("grpo", 1), ("papo-g", 1), ("grpo", 2), ("papo-g", 2)],
+        ("papo-g-high", 0),
+        ("papo-g-high", 2),
+    ]
