@@ -91,3 +91,47 @@ def test_vision_learning_rate_groups():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     frozen = _optimizer(model, WarmStartConfig(vision_lr_scale=0.0)).param_groups
     assert len(frozen) == 1 and not any(p.requires_grad for p in model.model.visual.parameters())
+
+
+def test_sft_batches_carry_the_images_and_label_only_the_completion(tmp_path):
+    """The SFT pipeline feeds the pixels to the model and trains only on the answer (issue 13's check of why
+    the first warm start stayed blind: it was not this plumbing)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from papo.tiny import build_tiny_vlm
+    from papo.warm_start import WARM_START_SPEC, _optimizer
+
+    spec = TinyVLMSpec(min_pixels=WARM_START_SPEC.min_pixels)  # 28-px digits stay one visual token
+    model, processor = build_tiny_vlm(spec=spec)
+    rows = build_sft_dataset(4, seed=1)  # digit_read, digit_sum, digit_larger, digit_count
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        completion_only_loss=True,
+        max_length=None,
+        use_cpu=True,
+        report_to="none",
+        remove_unused_columns=False,
+        save_strategy="no",
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        processing_class=processor,
+        optimizers=(_optimizer(model, WarmStartConfig()), None),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    # One merged visual token per digit (rows come shuffled): 1, 2, 2 and 4 digits, 4 patches each.
+    tokens = (batch["input_ids"] == image_pad).sum(dim=1).tolist()
+    assert sorted(tokens) == [1, 2, 2, 4]
+    assert (batch["image_grid_thw"].prod(dim=1) // 4).tolist() == tokens
+    targets = [completion[0]["content"][0]["text"] for completion in rows["completion"]]
+    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        labelled = processor.tokenizer.decode(ids[labels != -100])
+        assert any(labelled.startswith(target) for target in targets) and "<|im_end|>" in labelled, labelled
+        assert "<|vision_start|>" not in labelled and "user" not in labelled
+    pixels = batch["pixel_values"].clone().requires_grad_(True)
+    model(**{**batch, "pixel_values": pixels}).loss.backward()
+    assert pixels.grad.abs().sum() > 0, "the loss does not depend on the image"
