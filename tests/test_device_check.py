@@ -182,3 +182,25 @@ def test_slim_wheel_drops_libraries_and_rewrites_record(tmp_path):
 )
 def test_wheel_tags_for_the_gpu_machine(name, ok):
     assert installs_on_machine(name) is ok
+
+
+def test_carry_folder_over_the_limit_fails(tmp_path, monkeypatch, capsys):
+    """prepare_device_carry --check-only sizes the carry folder plus the travelling tree against 64 MiB."""
+    from benchmarks import prepare_device_carry
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("tracked-or-untracked files travel too\n")
+    wheels = tmp_path / ".device" / "wheels"
+    wheels.mkdir(parents=True)
+    make_wheel(wheels, "mathruler", "0.1.0")
+    assert prepare_device_carry.main(["--check-only"]) == 1  # .device/ is not ignored yet
+    (tmp_path / ".gitignore").write_text(".device/\n")
+    assert prepare_device_carry.main(["--check-only"]) == 0
+    manifest = json.loads((tmp_path / ".device" / "manifest.json").read_text())
+    assert [w["file"] for w in manifest["wheels"]] == ["mathruler-0.1.0-py3-none-any.whl"]
+    assert manifest["tree_bytes"] == len("tracked-or-untracked files travel too\n") + len(".device/\n")
+    with open(tmp_path / ".device" / "big.bin", "wb") as big:  # sparse: 64 MiB on paper, nothing on disk
+        big.truncate(64 * 2**20)
+    assert prepare_device_carry.main(["--check-only"]) == 1
+    assert "over the device tool's 64 MiB limit" in capsys.readouterr().err
