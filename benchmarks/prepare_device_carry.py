@@ -269,7 +269,7 @@ def folder_bytes(path: Path) -> int:
 def build(folder: Path) -> dict:
     """Download ROOTS and the requirements the machine cannot be relied on for into folder/wheels."""
     wheels_dir = folder / "wheels"
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
         staging = Path(tmp)
         wheels: dict[str, Path] = {}
         notes = []
