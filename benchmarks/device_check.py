@@ -157,15 +157,9 @@ def environment(wheels_dir: Path | None) -> dict:
 
 def stage_command(stage: Stage, json_path: Path, budget_s: float, tiny: bool) -> list[str]:
     tokens, warmup = (TINY_TOKENS, TINY_WARMUP_TOKENS) if tiny else (TOKENS, WARMUP_TOKENS)
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.gpu_bench",
-        "--models",
-        stage.model,
-        "--quants",
-        *stage.quants,
-    ]
+    command = [sys.executable, "-m", "benchmarks.gpu_bench", "--quants", *stage.quants]
+    # --tiny replaces the model with the tiny one; the real name is left out of its command line
+    command += [] if tiny else ["--models", stage.model]
     command += ["--generations", str(GENERATIONS), "--lengths", str(TOKENS), "--warmup-tokens", str(warmup)]
     command += ["--time-budget-s", f"{max(budget_s, 0.0):.0f}", "--json", str(json_path)]
     return command + (["--tiny", "--tiny-lengths", str(tokens)] if tiny else [])

@@ -204,3 +204,17 @@ def test_carry_folder_over_the_limit_fails(tmp_path, monkeypatch, capsys):
         big.truncate(64 * 2**20)
     assert prepare_device_carry.main(["--check-only"]) == 1
     assert "over the device tool's 64 MiB limit" in capsys.readouterr().err
+
+
+def test_gpu_stage_commands():
+    """On the GPU: 3B LoRA then QLoRA, then 7B LoRA; G = 8, 1024 tokens, a 32-token warm-up, within budget."""
+    commands = [
+        " ".join(device_check.stage_command(s, Path("s.json"), 400, tiny=False)[1:])
+        for s in device_check.STAGES
+    ]
+    assert commands == [
+        "-m benchmarks.gpu_bench --quants lora qlora --models qwen2.5-vl-3b --generations 8 --lengths 1024 "
+        "--warmup-tokens 32 --time-budget-s 400 --json s.json",
+        "-m benchmarks.gpu_bench --quants lora --models qwen2.5-vl-7b --generations 8 --lengths 1024 "
+        "--warmup-tokens 32 --time-budget-s 400 --json s.json",
+    ]
