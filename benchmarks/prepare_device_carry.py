@@ -75,7 +75,10 @@ pyre-extensions pytest python-dateutil pytorch-lightning pyyaml regex requests r
 scikit-image scikit-learn scipy seaborn sentence-transformers setuptools shellingham simplejson six sortedcontainers
 statsmodels sympy tabulate tensorboard tensorstore threadpoolctl tifffile tiktoken timm toolz torchaudio torchdiffeq
 torch-geometric torchmetrics tqdm treescope typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig
-werkzeug wheel wrapt xarray xxhash yarl zipp""".split()
+werkzeug wheel wrapt xarray xxhash yarl zipp jax-cuda13-pjrt jax-cuda13-plugin nvidia-cublas nvidia-cuda-cupti
+nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver
+nvidia-cusparse nvidia-cusparselt-cu13 nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx
+pytest-benchmark pytest-cov pytest-mock pytest-timeout pytest-xdist tensorboard-data-server""".split()
 MACHINE: dict[str, str | None] = {
     **{canonicalize_name(n): None for n in MACHINE_UNVERSIONED},
     **{canonicalize_name(n): v for n, v in MACHINE_KNOWN.items()},
