@@ -218,3 +218,46 @@ def test_gpu_stage_commands():
         "-m benchmarks.gpu_bench --quants lora --models qwen2.5-vl-7b --generations 8 --lengths 1024 "
         "--warmup-tokens 32 --time-budget-s 400 --json s.json",
     ]
+
+
+def test_a_stage_past_the_budget_is_stopped_and_keeps_its_finished_rows(tmp_path, monkeypatch):
+    """The stage in flight is stopped before the budget ends; the rows its JSON already holds are published."""
+    row = {
+        "model": "some-model",  # not a real model's name: a watchdog may stop real-size runs on shared CPUs
+        "quant": "lora",
+        "generations": 8,
+        "completion_tokens": 1024,
+        "completion_tokens_generated": 8192,
+        "algorithms": {
+            name: {
+                "generation_s": 30.0,
+                "masked_forward_s": 0.0 if name == "grpo" else 1.0,
+                "update_s": 2.0,
+                "step_s": 32.0 if name == "grpo" else 33.0,
+                "completion_tokens_per_s": 256.0,
+                "peak_mb": 30000.0,
+                "time_vs_grpo": 1.0,
+                "memory_vs_grpo": 1.0,
+            }
+            for name in ("grpo", "papo-g", "papo-g-recompute")
+        },
+    }
+    fake_bench = (  # writes one finished row, then "runs" the next one for a minute
+        "import json, sys, time; path = sys.argv[sys.argv.index('--json') + 1]; "
+        f"json.dump({{'partial': True, 'rows': [{row!r}], 'skipped': []}}, open(path, 'w')); time.sleep(60)"
+    )
+
+    def command(stage, json_path, budget_s, tiny):
+        return [sys.executable, "-c", fake_bench, "--json", str(json_path)]
+
+    monkeypatch.setattr(device_check, "stage_command", command)
+    monkeypatch.setattr(device_check, "KILL_MARGIN_S", 0.0)
+    results = device_check.main(
+        ["--budget-s", "4", "--stages", "3b", "--out", str(tmp_path), "--wheels", str(tmp_path)]
+    )
+    (stage,) = results["stages"]
+    assert stage["status"] == "stopped at the budget" and stage["wall_s"] < 20
+    assert stage["bench"]["rows"] == [row] and stage["bench"]["partial"] is True
+    table = (tmp_path / "device_check.md").read_text()
+    assert "| 3b | some-model | lora | 8 | 1024 | 8192 | papo-g | 30.00 | 1.00 | 2.00 | 33.00 |" in table
+    assert "| stopped at the budget |" in table
