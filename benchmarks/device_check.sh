@@ -6,17 +6,17 @@
 #
 #   bash benchmarks/device_check.sh            # on the GPU machine, from the repo root (see DEVICE_CHECK.md)
 #
-# Environment: OUT (results folder; default ./device-out), BUDGET_S (default 450), SITE (install target;
-# default /tmp/papo/site-packages), WHEELS (default .device/wheels), PYTHON (default python3), SKIP_INSTALL=1 (use
-# the packages as they are).
-# Extra arguments go to device_check.py (e.g. --stages 3b, --tiny).
+# Environment: OUT (results folder; default ./device-out), BUDGET_S (default 450), SITE (install
+# target; default /tmp/papo/site-packages), WHEELS (default .device/wheels), PYTHON (default python3),
+# SKIP_INSTALL=1 (use the packages as they are). Extra arguments go to device_check.py (--stages 3b,
+# --tiny).
 set -uo pipefail
 START=$(date +%s)
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device-out}
 BUDGET_S=${BUDGET_S:-450}
-# The folder's name must hold "site-packages": dill (datasets' fingerprints) pickles modules from any other
-# folder outside sys.prefix by value, which fails on pyarrow types (seen on the CPU with a copy elsewhere).
+# The folder's name must hold "site-packages": dill (datasets' fingerprints) pickles modules from other
+# folders outside sys.prefix by value, which failed on a pyarrow type (seen on the CPU, /tmp/simsite).
 SITE=${SITE:-/tmp/papo/site-packages}
 WHEELS=${WHEELS:-.device/wheels}
 PYTHON=${PYTHON:-python3}
