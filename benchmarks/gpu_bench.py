@@ -221,6 +221,20 @@ def make_trainer(model, processor, dataset, row: Row, opts, output_dir: str, pef
     )
 
 
+def fresh_trainer(model, processor, dataset, row: Row, opts, output_dir: str):
+    """(trainer, optimizer, trainable params) with a fresh adapter on the base model, as `papo train` makes it
+    (TRL wraps it)."""
+    import torch
+    from peft import LoraConfig
+
+    from papo.modeling import LANGUAGE_LORA_TARGETS
+
+    peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=LANGUAGE_LORA_TARGETS)
+    trainer = make_trainer(model, processor, dataset, row, opts, output_dir, peft_config)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    return trainer, torch.optim.AdamW(params, lr=1e-5), params
+
+
 def measure_row(trainer, inputs: list, optimizer, params, cuda: bool) -> dict:
     """One generation round shared by the three algorithms; per algorithm its phase times and peak."""
     trainer.model.train()
@@ -255,11 +269,10 @@ def measure_row(trainer, inputs: list, optimizer, params, cuda: bool) -> dict:
 
 def run(opts) -> dict:
     import torch
-    from peft import LoraConfig
 
     from papo.data.loading import load_training_dataset
     from papo.data.synthetic import make_synthetic_dataset
-    from papo.modeling import LANGUAGE_LORA_TARGETS, load_model_for_training
+    from papo.modeling import load_model_for_training
 
     cuda = torch.cuda.is_available() and not opts.tiny
     start = time.perf_counter()
@@ -287,13 +300,20 @@ def run(opts) -> dict:
                         model, processor = load_model_for_training(
                             model_dir, dtype="bfloat16" if cuda else "float32", load_in_4bit=quant == "qlora"
                         )
-                    # a fresh adapter on the base model, as `papo train` makes it (TRL wraps it)
-                    peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=LANGUAGE_LORA_TARGETS)
-                    trainer = make_trainer(model, processor, data, row, opts, scratch, peft_config)
-                    params = [p for p in trainer.model.parameters() if p.requires_grad]
-                    optimizer = torch.optim.AdamW(params, lr=1e-5)
+                    warm = None
                     if opts.warmup and row is todo[0]:
-                        measure_row(trainer, inputs_for(row.generations), optimizer, params, cuda)
+                        # an untimed first round (CUDA context, kernels, allocator); --warmup-tokens shortens it
+                        tokens = min(opts.warmup_tokens or row.completion_tokens, row.completion_tokens)
+                        warm = Row(row.model, row.quant, row.generations, tokens)
+                        trainer, optimizer, params = fresh_trainer(
+                            model, processor, data, warm, opts, scratch
+                        )
+                        measure_row(trainer, inputs_for(warm.generations), optimizer, params, cuda)
+                        if warm != row:  # a fresh adapter for the measured round
+                            model = trainer.model.unload()
+                            del trainer, optimizer, params
+                    if warm != row:
+                        trainer, optimizer, params = fresh_trainer(model, processor, data, row, opts, scratch)
                     result = measure_row(trainer, inputs_for(row.generations), optimizer, params, cuda)
                     generation_s = result["algorithms"]["grpo"]["generation_s"]
                     seconds_per_token[(model_name, quant)] = generation_s / row.completion_tokens
@@ -358,10 +378,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quants", nargs="+", choices=["lora", "qlora"], default=["lora", "qlora"])
     p.add_argument("--generations", nargs="+", type=int, default=[4, 8], help="G values")
     p.add_argument("--lengths", nargs="+", type=int, default=[256, 1024], help="completion tokens")
+    p.add_argument(
+        "--tiny-lengths", nargs="+", type=int, default=[8, 16], help="completion tokens with --tiny"
+    )
     p.add_argument("--prompts", type=int, default=1, help="prompts per micro-batch (G rollouts each)")
     p.add_argument("--image-size", type=int, default=448, help="448 px: 256 image tokens per prompt")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed first round")
+    p.add_argument(
+        "--warmup-tokens",
+        type=int,
+        help="completion tokens of the untimed first round (default: the row's own length)",
+    )
     p.add_argument(
         "--time-budget-s",
         type=float,
@@ -375,7 +403,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     opts = parser().parse_args(argv)
     if opts.tiny:  # the same matrix shape, scaled to the tiny model on the CPU
-        opts.models, opts.lengths, opts.image_size = ["tiny"], [8, 16], 64
+        opts.models, opts.lengths, opts.image_size = ["tiny"], opts.tiny_lengths, 64
     elif not __import__("torch").cuda.is_available():
         raise SystemExit("gpu_bench: no CUDA device; run with --tiny to check the script on the CPU")
     print(HEADER, flush=True)
