@@ -104,7 +104,17 @@ class PAPOConfig(GRPOConfig):
         metadata={"help": "DAPO: drop groups whose accuracy is all 0 or all 1 and refill the batch."},
     )
     dynamic_sampling_max_tries: int = field(
-        default=20, metadata={"help": "refill attempts per generation batch (official max_try_make_batch)."}
+        default=20,
+        metadata={
+            "help": "generation draws per batch, the first included (official max_try_make_batch); 0 = no limit."
+        },
+    )
+    dynamic_sampling_on_exhaust: str = field(
+        default="raise",
+        metadata={
+            "help": "when the draws run out before the batch is full: raise (official) | top_up (fill with "
+            "uninformative groups and warn)."
+        },
     )
     perception_kl_coef: float = field(
         default=0.02,
@@ -205,6 +215,10 @@ class PAPOConfig(GRPOConfig):
             discount_rule=self.perception_kl_discount,
         )
         apply_mode_weights(self.perception_kl_apply_mode, torch.ones(1), self.perception_kl_incorrect_weight)
+        if self.dynamic_sampling_on_exhaust not in ("raise", "top_up"):
+            raise ValueError(
+                f"dynamic_sampling_on_exhaust must be 'raise' or 'top_up', got {self.dynamic_sampling_on_exhaust!r}"
+            )
         if self.collapse_guard not in COLLAPSE_ACTIONS:
             raise ValueError(f"collapse_guard must be one of {COLLAPSE_ACTIONS}, got {self.collapse_guard!r}")
         if self.entropy_estimator not in ("sampled", "full"):
@@ -250,6 +264,11 @@ class PAPOTrainer(GRPOTrainer):
         if dropout:
             _warn_dropout_once(dropout, self.args.perception_loss)
         self._papo_rewards: torch.Tensor | None = None
+        self._papo_global_accuracy: torch.Tensor | None = None  # every rank's rows, last generation
+        self._refill_order: list[int] = []  # dynamic sampling's own pass over the training set
+        self._refill_cursor = 0
+        self._refill_epoch = 0
+        self.dynamic_sampling_kept: list[list[tuple[int, int]]] = []  # per batch: (draw, group) kept
         self.collapse_guard = CollapseGuard(
             self.args.collapse_guard if self.args.perception_loss else "off",
             window=self.args.collapse_window,
@@ -363,63 +382,111 @@ class PAPOTrainer(GRPOTrainer):
             ]
 
     def _dynamic_sampling(self, output: dict[str, Any]) -> dict[str, Any]:
-        """DAPO's dynamic sampling: keep groups with 0 < mean accuracy < 1, refill from the dataset.
+        """DAPO's dynamic sampling with the official rules (EasyR1 ``_make_batch_data``, ``online_filtering``).
 
-        Groups whose rollouts are all right or all wrong have zero advantage and teach nothing. Like
-        the official `online_filtering` (accuracy in (0.01, 0.99), `max_try_make_batch`), we draw
-        replacement prompts and generate again until the batch is full; if the tries run out the
-        batch is topped up with filtered groups and a warning is logged (the official code raises).
-        One process only for now: a group's rollouts may sit on several ranks.
+        A *draw* is one generation batch (all processes together; the first is TRL's). In each draw the
+        groups whose mean accuracy is in (0.01, 0.99) are kept; if **no** group of a draw survives, the
+        whole draw is kept (official). Kept groups are appended in draw order until the batch has as many
+        groups as one draw, then truncated to that size. Refill draws take prompts without replacement
+        within an epoch of their own pass over the training set (as a dataloader would). After
+        ``dynamic_sampling_max_tries`` draws (the first included) without filling the batch it raises
+        (official), or, with ``dynamic_sampling_on_exhaust: top_up``, fills it with the dropped groups
+        and warns.
+
+        Several processes: the rewards are gathered over all ranks, so every rank takes the same keep
+        decision on the same global groups; a group is never split across draws; each rank then gets its
+        slice of the final global batch (rows another rank generated are sent with ``gather_object``).
         """
-        if self.accelerator.num_processes > 1:
-            raise NotImplementedError(
-                "dynamic_sampling runs on one process for now; set dynamic_sampling: false"
-            )
+        args = self.args
         group = self.num_generations
-        needed = output["completion_ids"].size(0) // group
-        # per-sample pixel values / grids (TRL's helper), so rows can be selected like any other key
-        first = split_pixel_values_by_grid(output)
-        informative, dropped = [], []
-        tries = 0
-        current = first
+        nproc, rank = self.accelerator.num_processes, self.accelerator.process_index
+        local_rows = output["completion_ids"].size(0)
+        if (local_rows * nproc) % group:
+            raise ValueError("dynamic_sampling needs whole groups in each generation batch")
+        needed = local_rows * nproc // group  # groups in one global draw
+        draws: list[dict[str, Any]] = []
+        kept: list[tuple[int, int]] = []
+        dropped: list[tuple[int, int]] = []
+        current = output
         while True:
-            accuracy = current["papo_accuracy"].view(-1, group).mean(1)
+            draws.append(split_pixel_values_by_grid(current))
+            accuracy = self._papo_global_accuracy.view(-1, group).mean(1)
             keep = (accuracy > 0.01) & (accuracy < 0.99)
-            informative += [(current, g) for g in keep.nonzero().flatten().tolist()]
-            dropped += [(current, g) for g in (~keep).nonzero().flatten().tolist()]
-            if len(informative) >= needed or tries >= self.args.dynamic_sampling_max_tries:
+            if not keep.any():
+                keep = torch.ones_like(keep)  # official: no group survives -> keep the whole draw
+            draw = len(draws) - 1
+            kept += [(draw, g) for g in keep.nonzero().flatten().tolist()]
+            dropped += [(draw, g) for g in (~keep).nonzero().flatten().tolist()]
+            if len(kept) >= needed:
                 break
-            tries += 1
-            current = split_pixel_values_by_grid(
-                self._generate_once(self._refill_rows(needed - len(informative), tries))
-            )
-        mode = "train"
-        self._metrics[mode]["dynamic_sampling/tries"].append(float(tries))
-        self._metrics[mode]["dynamic_sampling/informative_groups"].append(float(len(informative)))
-        if len(informative) < needed:
-            logger.warning(
-                "dynamic sampling: only %d/%d informative groups after %d tries; topping up with uninformative ones",
-                len(informative),
-                needed,
-                tries,
-            )
-        chosen = (informative + dropped)[:needed]
-        rows = [(piece, g * group + i) for piece, g in chosen for i in range(group)]
-        merged = _gather_rows(rows, pad_token_id=self._pad_token_id)
-        merged["num_items_in_batch"] = merged["completion_mask"].sum().to(output["num_items_in_batch"].dtype)
+            if 0 < args.dynamic_sampling_max_tries <= len(draws):
+                if args.dynamic_sampling_on_exhaust == "raise":
+                    raise DynamicSamplingExhausted(
+                        f"dynamic sampling: {len(kept)}/{needed} groups after {len(draws)} draws "
+                        f"(dynamic_sampling_max_tries={args.dynamic_sampling_max_tries}); too few prompts are "
+                        "neither always solved nor never solved. Check the data and rewards, raise "
+                        "dynamic_sampling_max_tries, or set dynamic_sampling_on_exhaust: top_up."
+                    )
+                logger.warning(
+                    "dynamic sampling: only %d/%d informative groups after %d draws; topping up with "
+                    "uninformative ones",
+                    len(kept),
+                    needed,
+                    len(draws),
+                )
+                kept += dropped[: needed - len(kept)]
+                break
+            prompts = self._next_refill_prompts(needed)
+            rows = [prompt for prompt in prompts for _ in range(group)]
+            current = self._generate_once(rows[rank * local_rows : (rank + 1) * local_rows])
+
+        chosen = kept[:needed]
+        self.dynamic_sampling_kept.append(chosen)
+        self._metrics["train"]["dynamic_sampling/draws"].append(float(len(draws)))
+        self._metrics["train"]["dynamic_sampling/kept_groups"].append(
+            float(sum(1 for d, g in chosen if (d, g) not in dropped))
+        )
+        final = [(d, g * group + i) for d, g in chosen for i in range(group)]  # global rows
+        mine = final[rank * local_rows : (rank + 1) * local_rows]
+        device = output["completion_ids"].device
+        if nproc == 1:
+            pieces = [(draws[d], r) for d, r in mine]
+        else:
+            from accelerate.utils import gather_object
+
+            held = {
+                (d, r): _row_piece(draws[d], r - rank * local_rows, "cpu")
+                for d, r in final
+                if r // local_rows == rank
+            }
+            everything: dict = {}
+            for part in gather_object([held]):
+                everything.update(part)
+            pieces = [(_to_device(everything[(d, r)], device), 0) for d, r in mine]
+        merged = _gather_rows(pieces, pad_token_id=self._pad_token_id)
+        tokens = merged["completion_mask"].sum().to(output["num_items_in_batch"].dtype)
+        merged["num_items_in_batch"] = self.accelerator.reduce(tokens, reduction="sum")  # global, like TRL's
         return unsplit_pixel_values_by_grid(merged)
 
     @property
     def _pad_token_id(self) -> int:
         return getattr(self.processing_class, "tokenizer", self.processing_class).pad_token_id
 
-    def _refill_rows(self, groups: int, attempt: int) -> list[dict[str, Any]]:
-        """`groups` fresh prompts drawn (seeded) from the training set, each repeated G times."""
-        generator = torch.Generator().manual_seed(
-            self.args.seed * 1_000_003 + self.state.global_step * 101 + attempt
-        )
-        indices = torch.randint(len(self.train_dataset), (groups,), generator=generator).tolist()
-        return [self.train_dataset[i] for i in indices for _ in range(self.num_generations)]
+    def _next_refill_prompts(self, count: int) -> list[dict[str, Any]]:
+        """`count` training prompts for a refill draw, the same on every rank: a seeded pass over the
+        training set without replacement, reshuffled at the end of each of its epochs."""
+        indices = []
+        while len(indices) < count:
+            if self._refill_cursor >= len(self._refill_order):
+                generator = torch.Generator().manual_seed(
+                    self.args.seed * 1_000_003 + 7_919 * self._refill_epoch + 1
+                )
+                self._refill_order = torch.randperm(len(self.train_dataset), generator=generator).tolist()
+                self._refill_epoch += 1
+                self._refill_cursor = 0
+            indices.append(self._refill_order[self._refill_cursor])
+            self._refill_cursor += 1
+        return [self.train_dataset[i] for i in indices]
 
     # --- vLLM rollouts: TRL's integration, checked at its boundary -------------------------------
     def _install_vllm_checks(self) -> None:
@@ -692,10 +759,11 @@ class PAPOTrainer(GRPOTrainer):
                 f"dynamic_sampling / perception_kl_apply_mode={self.args.perception_kl_apply_mode!r} need a reward "
                 f"function named {name!r} (perception_kl_accuracy_reward); the reward functions are {names}"
             )
-        start = self.accelerator.process_index * batch_size
-        accuracy = self._papo_rewards[start : start + batch_size, names.index(name)]
+        everyone = torch.nan_to_num(self._papo_rewards[:, names.index(name)], nan=0.0).to(device)
         self._papo_rewards = None
-        return torch.nan_to_num(accuracy, nan=0.0).to(device)
+        self._papo_global_accuracy = everyone  # TRL gathers the rewards of all ranks, in rank order
+        start = self.accelerator.process_index * batch_size
+        return everyone[start : start + batch_size]
 
 
 _DROPOUT_WARNED = False
@@ -759,6 +827,32 @@ def _set_rng(device: torch.device, rng: tuple) -> None:
     torch.set_rng_state(rng[0])
     if rng[1] is not None:
         torch.get_device_module(device.type).set_rng_state(rng[1], device)
+
+
+class DynamicSamplingExhausted(RuntimeError):
+    """Dynamic sampling could not fill a batch with informative groups within its draws (official: raise)."""
+
+
+def _row_piece(batch: dict[str, Any], i: int, device) -> dict[str, Any]:
+    """Row `i` of a per-sample batch (pixel values split by sample) as a one-row batch on `device`."""
+    piece = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            if value.ndim:
+                piece[key] = value[i : i + 1].to(device)
+        elif isinstance(value, list):
+            item = value[i]
+            piece[key] = [item.to(device) if isinstance(item, torch.Tensor) else item]
+    return piece
+
+
+def _to_device(piece: dict[str, Any], device) -> dict[str, Any]:
+    return {
+        key: value.to(device)
+        if isinstance(value, torch.Tensor)
+        else [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
+        for key, value in piece.items()
+    }
 
 
 def _merged_fingerprint(layer) -> tuple[float, float]:
