@@ -13,11 +13,14 @@ This file is the only place that touches TRL internals. It wraps (never copies) 
   branch is re-run with gradient inside the loss.
 * `_get_per_token_logps_and_entropies` — a pass-through that hands the training forward's per-token
   log-probs (with gradient) to `compute_loss`, so PAPO needs no third forward pass.
-* `compute_loss` (public) — TRL's loss, plus the PAPO terms from `papo.loss`:
+* `compute_loss` (public) — TRL's loss with TRL's reference KL switched off (`beta` is 0 for that call),
+  plus the official reference KL ``+ β·agg(k3_clamped(ref − logp))`` (`papo.loss.reference_kl`: no
+  importance weighting, k3 clamped like verl's `low_var_kl`) and the PAPO terms from `papo.loss`:
   ``− γ·agg(w·KL_prcp) + d·(η1·H[π_θ] + η2·H[π_mask])``, aggregated like TRL's `loss_type`
   (`bnpo` = the official token-mean) and scaled for gradient accumulation like TRL's own loss.
 
-Everything else — generation, rewards, advantages, clipping, the reference KL, PEFT, logging,
+Dynamic sampling (DAPO) also lives here (`_dynamic_sampling`, official rules, any number of processes).
+Everything else — generation, rewards, advantages, clipping, the reference log-probs, PEFT, logging,
 checkpoints, `push_to_hub` — is TRL's, including vLLM rollouts (`use_vllm`). With vLLM the masked-image
 log-probs still come from the training model; `vllm_checks` (on by default) wraps the trainer's own
 `vllm_generation` object to check, with `papo.vllm_check`, that vLLM ran every rollout on the prompt the
