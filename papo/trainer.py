@@ -58,6 +58,8 @@ from papo.vllm_check import (
 
 logger = logging.getLogger(__name__)
 
+_REFILL_STATE = "papo_dynamic_sampling.json"  # in each checkpoint: where the refill pass stands
+
 # loss types whose normaliser already covers gradient accumulation (TRL divides the others by it)
 _GLOBAL_NORMALISED = ("dapo", "cispo", "vespo")
 
@@ -300,6 +302,10 @@ class PAPOTrainer(GRPOTrainer):
             super()._save_checkpoint(model, trial)
         finally:
             del self._get_output_dir
+        if self.args.should_save and self.args.dynamic_sampling:
+            state = {"refill_epoch": self._refill_epoch, "refill_cursor": self._refill_cursor}
+            with open(os.path.join(staging_root, name, _REFILL_STATE), "w") as f:
+                json.dump(state, f)
         self.accelerator.wait_for_everyone()
         if not self.args.should_save:
             return
@@ -316,6 +322,28 @@ class PAPOTrainer(GRPOTrainer):
             save_total_limit=self.args.save_total_limit,
             best_model_checkpoint=self.state.best_model_checkpoint,
         )
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """Trainer.train, plus restoring dynamic sampling's refill position from the checkpoint."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, str | os.PathLike):
+            self._load_refill_state(checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_refill_state(self, checkpoint) -> None:
+        path = os.path.join(checkpoint, _REFILL_STATE)
+        if not os.path.isfile(path):
+            return
+        with open(path) as f:
+            state = json.load(f)
+        if state["refill_epoch"] > 0:  # rebuild the pass in progress (seeded), then continue where it stood
+            self._refill_epoch = state["refill_epoch"] - 1
+            self._start_refill_epoch()
+            self._refill_cursor = state["refill_cursor"]
 
     # --- wrapped TRL method 1: generation ------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -478,18 +506,23 @@ class PAPOTrainer(GRPOTrainer):
     def _next_refill_prompts(self, count: int) -> list[dict[str, Any]]:
         """`count` training prompts for a refill draw, the same on every rank: a seeded pass over the
         training set without replacement, reshuffled at the end of each of its epochs."""
+        return [self.train_dataset[i] for i in self._next_refill_indices(count)]
+
+    def _next_refill_indices(self, count: int) -> list[int]:
         indices = []
-        while len(indices) < count:
+        for _ in range(count):
             if self._refill_cursor >= len(self._refill_order):
-                generator = torch.Generator().manual_seed(
-                    self.args.seed * 1_000_003 + 7_919 * self._refill_epoch + 1
-                )
-                self._refill_order = torch.randperm(len(self.train_dataset), generator=generator).tolist()
-                self._refill_epoch += 1
-                self._refill_cursor = 0
+                self._start_refill_epoch()
             indices.append(self._refill_order[self._refill_cursor])
             self._refill_cursor += 1
-        return [self.train_dataset[i] for i in indices]
+        return indices
+
+    def _start_refill_epoch(self) -> None:
+        """The next pass's order: a permutation seeded by (trainer seed, pass number)."""
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + 7_919 * self._refill_epoch + 1)
+        self._refill_order = torch.randperm(len(self.train_dataset), generator=generator).tolist()
+        self._refill_epoch += 1
+        self._refill_cursor = 0
 
     # --- vLLM rollouts: TRL's integration, checked at its boundary -------------------------------
     def _install_vllm_checks(self) -> None:

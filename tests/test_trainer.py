@@ -473,3 +473,26 @@ def test_entropy_estimators_and_accumulation_scaling(tmp_path, tiny_model_dirs, 
     trainer.model.zero_grad()
     scaled = trainer.compute_loss(trainer.model, inputs).detach()
     torch.testing.assert_close(scaled, full / 4)
+
+
+def test_dynamic_sampling_refill_position_survives_a_resume(tmp_path, tiny_model_dirs, train_dataset):
+    """The refill pass's position is saved with each checkpoint and restored by train(resume_from_checkpoint)."""
+
+    def script(k, n):  # draw 1: one informative group of two -> one refill draw
+        return _one_group_informative(k, n) if k == 1 else _half_right(n)
+
+    save = dict(max_steps=1, save_strategy="steps", save_steps=1, per_device_train_batch_size=2 * G)
+    trainer, calls = _dapo_trainer(tmp_path, tiny_model_dirs, train_dataset, script, **save)
+    trainer.train()
+    assert len(calls) == 2 and (trainer._refill_epoch, trainer._refill_cursor) == (1, 2)
+    checkpoint = tmp_path / "checkpoint-1"
+    state = json.loads((checkpoint / "papo_dynamic_sampling.json").read_text())
+    assert state == {"refill_epoch": 1, "refill_cursor": 2}
+    expected = trainer._next_refill_indices(20)  # crosses into the next pass
+
+    resumed, _ = _dapo_trainer(
+        tmp_path, tiny_model_dirs, train_dataset, script, **dict(save, max_steps=2, save_strategy="no")
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))  # step 2: one more refill draw of 2 prompts
+    assert (resumed._refill_epoch, resumed._refill_cursor) == (1, 4)  # continued from (1, 2)
+    assert resumed._next_refill_indices(18) == expected[2:]
