@@ -33,7 +33,12 @@ def _cmd_synthetic_data(args: argparse.Namespace) -> int:
 
     output = args.output_dir or DEFAULT_OUTPUT / "synthetic"
     dataset = save_synthetic_dataset(
-        output, num_train=args.num_train, num_test=args.num_test, seed=args.seed, image_size=args.image_size
+        output,
+        num_train=args.num_train,
+        num_test=args.num_test,
+        seed=args.seed,
+        image_size=args.image_size,
+        tasks=args.tasks,
     )
     sizes = ", ".join(f"{split}: {len(ds)}" for split, ds in dataset.items())
     print(f"Synthetic perception dataset ({sizes}) saved to {output}")
@@ -223,7 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--output_dir", default=None, help="default: outputs/synthetic")
     synth.add_argument("--num_train", type=int, default=1000)
     synth.add_argument("--num_test", type=int, default=200)
-    synth.add_argument("--image_size", type=int, default=64)
+    synth.add_argument(
+        "--image_size", type=int, default=64, help="side of the drawn tasks' images (digits are 28 px each)"
+    )
+    synth.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        help="task names and/or task sets: digits (default: real handwritten digits, test split from held-out "
+        "scans), drawn (shapes, bars, dots, numbers), or single tasks such as digit_sum count_shapes",
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_synthetic_data)
 

@@ -1,12 +1,13 @@
 """The embedded defaults every command falls back on offline: a small model and the synthetic data.
 
 * Qwen2.5-VL: the **warm start** (`papo.warm_start`: a ~2.4M-parameter Qwen2.5-VL fine-tuned on the
-  synthetic tasks, so RL has reward to work with). It ships in the package (``papo/assets``, weights
+  handwritten-digit tasks, so it reads the image and RL has reward to work with). It ships in the package (``papo/assets``, weights
   stored in bf16, loaded as float32); without the shipped copy it is trained once under the root
   folder (about ten minutes on two CPU cores, with a progress bar).
 * Qwen3-VL: the tiny random-weight model (`papo.tiny`), built under the root folder.
-* The PAPO-G adapter trained from the warm start by the mini reproduction (seed 0), shipped next to it:
-  the Space's and notebooks' default "PAPO" model, the warm start being the baseline.
+* The PAPO-G adapter trained from the warm start by the mini reproduction (its median seed), shipped next
+  to it: the Space's and notebooks' default "PAPO" model, the warm start being the baseline; with it, the
+  held-out questions on which the two answer differently (the Space's first examples).
 * The synthetic perception dataset (train/test), built under the root folder.
 
 The root folder is ``outputs/`` by default, so `papo train`, `papo eval` and `papo demo` agree on
@@ -31,6 +32,18 @@ def shipped_warm_start() -> Path | None:
 def shipped_papo_adapter() -> Path | None:
     """The PAPO-G adapter (on the warm start) shipped in the package, or None."""
     return PAPO_ADAPTER_ASSET if (PAPO_ADAPTER_ASSET / "adapter_model.safetensors").exists() else None
+
+
+SPACE_EXAMPLES_FILE = "space_examples.json"
+
+
+def shipped_space_examples() -> list[dict]:
+    """Held-out digit questions on which the shipped warm start and PAPO-G adapter answer differently
+    (picked by ``python -m benchmarks.mini_repro --export``): ``[{"seed", "index", "task", ...}]``, or []."""
+    import json
+
+    path = PAPO_ADAPTER_ASSET / SPACE_EXAMPLES_FILE
+    return json.loads(path.read_text())["examples"] if path.exists() else []
 
 
 def embedded_model(root: str | os.PathLike, arch: str = "qwen2_5_vl", seed: int = 0) -> Path:

@@ -82,7 +82,10 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _STATE_PREFIXES = ("training_args", "optimizer", "rng_state", "scheduler", "trainer_state")
 
 EVAL_FILES = ("results.json", "results.md", "comparison.png")
-SYNTHETIC_TASKS = ("count_shapes", "read_number", "compare_bars", "which_side", "text_arithmetic")
+SYNTHETIC_TASKS = (
+    *("count_shapes", "read_number", "compare_bars", "which_side", "text_arithmetic"),
+    *("digit_read", "digit_sum", "digit_larger", "digit_count", "digit_sum_text"),
+)
 
 # Remote files a mirroring push never deletes (the Hub creates .gitattributes with the repo: LFS rules).
 KEEP_REMOTE = frozenset({".gitattributes"})

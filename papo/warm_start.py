@@ -1,17 +1,21 @@
-"""A warm-started small VLM: supervised fine-tuning on the synthetic perception tasks.
+"""A warm-started small VLM that *sees*: supervised fine-tuning on the handwritten-digit tasks.
 
 RL needs a policy that already solves some prompts: a random model's reward is always 0, so GRPO's
-group advantages are all 0 and nothing moves. This module builds the small policy the demo, the
-Space, the notebooks and the mini reproduction (``benchmarks/mini_repro``) start from: a
-few-million-parameter model of the real Qwen2.5-VL architecture, trained from random init with TRL's
-``SFTTrainer`` on synthetic items answered in the official format, the thought saying what the image
-shows (taken from the drawing's ground truth)::
+group advantages are all 0 and nothing moves. And PAPO needs a policy whose answers depend on the
+image, or there is nothing for its perception loss to act on. This module builds the small policy the
+demo, the Space, the notebooks and the mini reproduction (``benchmarks/mini_repro``) start from: a
+~2.4M-parameter model of the real Qwen2.5-VL architecture, trained from random init with TRL's
+``SFTTrainer`` on the digit tasks (`papo.data.digits`: real handwritten scans, one visual token per
+digit), answering in the official format after a short thought that names what it sees::
 
-    <think>Left 3 dots, right 5 dots.</think>\\boxed{right}
+    <think>4+7</think>\\boxed{11}
 
 The prompt is the one RL trains on (`papo.data.loading.build_prompt`: the problem plus the official
-instruction), and the loss covers only the completion. Everything is seeded, so the same call on the
-same software gives the same checkpoint.
+instruction), and the loss covers only the completion. The vision tower and merger train at a tenth of
+the language model's learning rate: at the full rate they collapse to one large image-independent
+output within a few hundred steps and the model answers blind (what happened to the first warm start,
+trained on the 64-px drawn tasks). Everything is seeded, so the same call on the same software gives
+the same checkpoint.
 """
 
 from __future__ import annotations
@@ -48,16 +52,21 @@ WARM_START_SPEC = TinyVLMSpec(
     vision_depth=3,
     vision_heads=4,
     vision_intermediate_size=256,
+    # 28 px (one digit) must stay 28 px: Qwen's processor upscales anything below min_pixels.
+    min_pixels=28 * 28,
 )
 
 
 def describe(task: str, truth: dict[str, Any], answer: str) -> str:
-    """A short thought that states what the image shows (from the drawing's ground truth).
+    """A short thought that states what the image shows (from the sample's ground truth).
 
-    Saying *what is seen* before answering gives several image-dependent target tokens per example
-    instead of one, which is what lets a model this small learn to look at all in a few minutes
-    (with the answer alone, SFT settles on one constant answer per question type).
+    Saying *what is seen* before answering gives image-dependent target tokens ahead of the answer, so
+    the answer can condition on them (`papo.data.digits.digit_thought` for the digit tasks).
     """
+    from papo.data.digits import DIGIT_TASKS, digit_thought
+
+    if task in DIGIT_TASKS:
+        return digit_thought(task, truth)
     if task == "count_shapes":
         return f"I see {len(truth['shapes'])} shapes; {answer} match."
     if task == "read_number":
@@ -76,19 +85,19 @@ def describe(task: str, truth: dict[str, Any], answer: str) -> str:
 class WarmStartConfig:
     """How the warm start is trained (defaults: the shipped checkpoint)."""
 
-    num_train: int = 12000  # synthetic rows (seeded; their own seed, not the RL data's)
+    tasks: tuple[str, ...] = ("digits",)  # task or task-set names (papo.data.synthetic.TASK_SETS)
+    num_train: int = 16000  # SFT rows (seeded; split "sft", drawn from the training scans)
     data_seed: int = 1
     model_seed: int = 0
-    max_steps: int = 1500
-    batch_size: int = 16
+    max_steps: int = 500
+    batch_size: int = 32
     learning_rate: float = 2e-3
+    # The vision tower and merger learn at this fraction of `learning_rate`. At the full rate they blew up
+    # (visual-token norm ~70 vs ~0.4 for text embeddings, spread across images ~1 % of the mean) and the
+    # model answered blind; frozen they stay a fixed random feature extractor, which also works.
+    vision_lr_scale: float = 0.1
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
-    # Trained from random init, the vision tower collapsed to one large, image-independent output within
-    # the first few hundred steps (visual token norm ~70 vs ~0.4 for text embeddings, spread across images
-    # 1% of its mean), and the model then answered blind. Frozen, it is a fixed random feature extractor
-    # whose output still varies with the image (spread ~45%), and the language model learns to read it.
-    train_vision_tower: bool = False
 
 
 def sft_completion(task: str, truth: dict[str, Any], answer: str) -> str:
@@ -96,23 +105,44 @@ def sft_completion(task: str, truth: dict[str, Any], answer: str) -> str:
     return f"<think>{describe(task, truth, answer)}</think>\\boxed{{{answer}}}"
 
 
-def build_sft_dataset(num_rows: int, seed: int, image_size: int = 64) -> datasets.Dataset:
+def build_sft_dataset(
+    num_rows: int, seed: int, tasks: tuple[str, ...] | list[str] = ("digits",), image_size: int = 64
+) -> datasets.Dataset:
     """`num_rows` synthetic items (tasks round-robin, seeded, split name "sft" so they differ from the
-    train/test splits) in TRL's conversational prompt-completion format with an ``images`` column."""
+    train/test splits and digits come from the training scans) in TRL's conversational
+    prompt-completion format with an ``images`` column."""
     from papo.data.loading import IMAGE_PLACEHOLDER, build_prompt
-    from papo.data.synthetic import TASKS, _row_rng
+    from papo.data.synthetic import _resolve_tasks, _row_rng, draw_task
 
-    tasks = list(TASKS)
+    task_list = _resolve_tasks(tasks)
     columns: dict[str, list[Any]] = {"prompt": [], "completion": [], "images": [], "task": []}
     for index in range(num_rows):
-        task = tasks[index % len(tasks)]
-        sample = TASKS[task](_row_rng(seed, "sft", index), image_size)
+        task = task_list[index % len(task_list)]
+        sample = draw_task(task, _row_rng(seed, "sft", index), image_size, split="sft")
         text = sft_completion(task, sample.truth, sample.answer)
         columns["prompt"].append(build_prompt(IMAGE_PLACEHOLDER + sample.question))
         columns["completion"].append([{"role": "assistant", "content": [{"type": "text", "text": text}]}])
         columns["images"].append([sample.image])
         columns["task"].append(task)
     return datasets.Dataset.from_dict(columns)
+
+
+def _optimizer(model, config: WarmStartConfig):
+    """AdamW with the vision tower + merger (``model.model.visual``) at ``vision_lr_scale`` x the rate."""
+    import torch
+
+    visual = {id(p) for p in model.model.visual.parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in visual], "lr": config.learning_rate},
+        {
+            "params": [p for p in model.model.visual.parameters()],
+            "lr": config.learning_rate * config.vision_lr_scale,
+        },
+    ]
+    groups = [g for g in groups if g["lr"] > 0]
+    if config.vision_lr_scale == 0:
+        model.model.visual.requires_grad_(False)
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
 
 
 def save_compact(model, processor, path: Path) -> Path:
@@ -152,11 +182,10 @@ def train_warm_start(
     output_dir = Path(output_dir)
     if (output_dir / "config.json").exists() and not overwrite:
         return output_dir
-    train_dataset = build_sft_dataset(config.num_train, config.data_seed)
+    train_dataset = build_sft_dataset(config.num_train, config.data_seed, config.tasks)
     model, processor = build_tiny_vlm("qwen2_5_vl", seed=config.model_seed, spec=spec)
     model.train()
-    if not config.train_vision_tower:
-        model.model.visual.requires_grad_(False)
+    optimizer = _optimizer(model, config)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # The trainer's own output folder (nothing is saved: save_strategy "no") stays out of the checkpoint.
     with tempfile.TemporaryDirectory(prefix=f".{output_dir.name}.trainer-", dir=output_dir.parent) as scratch:
@@ -180,7 +209,13 @@ def train_warm_start(
             dataloader_num_workers=0,
             remove_unused_columns=False,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=processor)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processor,
+            optimizers=(optimizer, None),  # the trainer adds the cosine schedule to both groups
+        )
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start

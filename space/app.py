@@ -303,7 +303,8 @@ def build_demo(models: Models, examples: list[Example] | None = None) -> gr.Bloc
                     gr.Examples(
                         examples=[[e.image, e.question, e.reference] for e in examples],
                         inputs=[image, question, reference],
-                        label="Examples (click one): three drawn figures, then synthetic perception items",
+                        label="Examples (click one): held-out handwritten-digit questions (the first ones: the two models "
+                        "answer differently), then three drawn figures",
                         examples_per_page=len(examples),
                         visible_columns=[0],  # a gallery of thumbnails; a click fills all three inputs
                         cache_examples=False,

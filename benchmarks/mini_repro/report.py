@@ -1,4 +1,4 @@
-"""Summaries of the mini reproduction: mean +- std over seeds, the markdown tables and the plot."""
+"""Summaries of the mini reproduction: mean ± std over seeds, paired comparisons with CIs, tables, plot."""
 
 from __future__ import annotations
 
@@ -21,15 +21,33 @@ FINAL_METRICS = {
         - e["blind"]["by_dependency"].get("high", float("nan"))
     ),
     "perception_kl": lambda e: e["with_image"]["perception_kl"],
+    "perception_kl_high": lambda e: (
+        e["with_image"].get("perception_kl_by_dependency", {}).get("high", float("nan"))
+    ),
+    "sampled_accuracy": lambda e: e["with_image"].get("sampled", {}).get("accuracy", float("nan")),
+    "sampled_mixed": lambda e: e["with_image"].get("sampled", {}).get("mixed", float("nan")),
     "format": lambda e: e["with_image"]["format"],
 }
+# The metrics each PAPO arm is compared with its baseline on (paired by seed, bootstrap CI + t-test).
+COMPARED = (
+    "accuracy",
+    "accuracy_high",
+    "accuracy_low",
+    "blind_accuracy_high",
+    "image_gain_high",
+    "sampled_accuracy",
+    "perception_kl",
+)
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (0 for a single value); nan in, nan out (a metric not measured)."""
+    import numpy as np
+
+    array = np.asarray(values, dtype=np.float64)
     return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
         "n": len(values),
     }
 
@@ -68,6 +86,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         summary["methods"][method] = entry
     # Paired by seed: PAPO minus its baseline, same seed (same data order, same LoRA init).
     from benchmarks.mini_repro.run import BASELINE_OF
+    from papo.stats import compare_paired
 
     for method, baseline in BASELINE_OF.items():
         pairs = [
@@ -75,12 +94,27 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             for s in sorted({r["seed"] for r in runs.values()})
             if f"{method}-seed{s}" in runs and f"{baseline}-seed{s}" in runs
         ]
-        pairs = [(a, b) for a, b in pairs if a["evals"] and b["evals"]]
-        if pairs:
-            summary["deltas"][f"{method} - {baseline}"] = {
-                name: mean_std([read(final_eval(a)) - read(final_eval(b)) for a, b in pairs])
-                for name, read in FINAL_METRICS.items()
-            }
+        pairs = [(final_eval(a), final_eval(b)) for a, b in pairs if a["evals"] and b["evals"]]
+        if not pairs:
+            continue
+        delta: dict[str, Any] = {
+            name: mean_std([read(a) - read(b) for a, b in pairs]) for name, read in FINAL_METRICS.items()
+        }
+        delta["stats"] = {
+            name: compare_paired(
+                [FINAL_METRICS[name](b) for _, b in pairs], [FINAL_METRICS[name](a) for a, _ in pairs]
+            ).to_dict()
+            for name in COMPARED
+        }
+        tasks = sorted(pairs[0][0]["with_image"]["by_task"])
+        delta["stats_by_task"] = {
+            task: compare_paired(
+                [b["with_image"]["by_task"][task] for _, b in pairs],
+                [a["with_image"]["by_task"][task] for a, _ in pairs],
+            ).to_dict()
+            for task in tasks
+        }
+        summary["deltas"][f"{method} - {baseline}"] = delta
     return summary
 
 
@@ -88,43 +122,61 @@ def _fmt(stat: dict[str, float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
 
 
+def _row_of(evaluation: dict[str, Any]) -> dict[str, float]:
+    return {name: read(evaluation) for name, read in FINAL_METRICS.items()}
+
+
+MAIN_COLUMNS = (  # (metric, header, scale, digits)
+    ("accuracy", "test acc %", 100, 1),
+    ("accuracy_high", "vision-high acc %", 100, 1),
+    ("accuracy_low", "text (low) acc %", 100, 1),
+    ("blind_accuracy_high", "blind high %", 100, 1),
+    ("image_gain_high", "image gain (high) pts", 100, 1),
+    ("sampled_accuracy", "sampled acc % (T=1)", 100, 1),
+    ("sampled_mixed", "mixed items %", 100, 1),
+    ("perception_kl", "perception KL (test, ×1e3)", 1e3, 1),
+    ("format", "format %", 100, 1),
+)
+
+
 def tables_markdown(results: dict[str, Any]) -> str:
     """The result tables (markdown) of a results dict."""
     summary = results["summary"]
     ws = results["warm_start"]["eval"]
+    ws_row = _row_of(ws)
+    header = " | ".join(h for _, h, _, _ in MAIN_COLUMNS)
     lines = [
-        "| method | seeds | test acc % | vision-high acc % | text (low) acc % | blind acc % | blind high % "
-        "| image gain (high) pts | perception KL (test, ×1e3) | train perception KL (last 20, ×1e3) | format % | wall s/run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        "| warm start | – | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.1f} | {:.2f} | – | {:.1f} | – |".format(
-            100 * ws["with_image"]["accuracy"],
-            100 * ws["with_image"]["by_dependency"].get("high", float("nan")),
-            100 * ws["with_image"]["by_dependency"].get("low", float("nan")),
-            100 * ws["blind"]["accuracy"],
-            100 * ws["blind"]["by_dependency"].get("high", float("nan")),
-            100
-            * (
-                ws["with_image"]["by_dependency"].get("high", 0) - ws["blind"]["by_dependency"].get("high", 0)
-            ),
-            1e3 * ws["with_image"]["perception_kl"],
-            100 * ws["with_image"]["format"],
-        ),
+        f"| method | seeds | {header} | train perception KL (last 20, ×1e3) | wall s/run |",
+        "|---|---|" + "---|" * len(MAIN_COLUMNS) + "---|---|",
+        "| warm start | – | "
+        + " | ".join(f"{ws_row[m] * sc:.{d}f}" for m, _, sc, d in MAIN_COLUMNS)
+        + " | – | – |",
     ]
     for method, m in summary["methods"].items():
+        cells = " | ".join(_fmt(m[name], sc, d) for name, _, sc, d in MAIN_COLUMNS)
         lines.append(
-            f"| {method} | {len(m['seeds'])} | {_fmt(m['accuracy'])} | {_fmt(m['accuracy_high'])} | "
-            f"{_fmt(m['accuracy_low'])} | {_fmt(m['blind_accuracy'])} | {_fmt(m['blind_accuracy_high'])} | "
-            f"{_fmt(m['image_gain_high'])} | {_fmt(m['perception_kl'], 1e3, 2)} | "
-            f"{_fmt(m['train_perception_kl_last20'], 1e3, 2)} | {_fmt(m['format'])} | "
+            f"| {method} | {len(m['seeds'])} | {cells} | {_fmt(m['train_perception_kl_last20'], 1e3, 1)} | "
             f"{m['wall_seconds']['mean']:.0f} |"
         )
     for name, delta in summary["deltas"].items():
-        lines.append(
-            f"| **Δ {name}** (paired by seed) | {delta['accuracy']['n']} | {_fmt(delta['accuracy'])} | "
-            f"{_fmt(delta['accuracy_high'])} | {_fmt(delta['accuracy_low'])} | {_fmt(delta['blind_accuracy'])} | "
-            f"{_fmt(delta['blind_accuracy_high'])} | {_fmt(delta['image_gain_high'])} | "
-            f"{_fmt(delta['perception_kl'], 1e3, 2)} | – | {_fmt(delta['format'])} | – |"
-        )
+        cells = " | ".join(_fmt(delta[metric], sc, d) for metric, _, sc, d in MAIN_COLUMNS)
+        lines.append(f"| **Δ {name}** (paired by seed) | {delta['accuracy']['n']} | {cells} | – | – |")
+    for name, delta in summary["deltas"].items():
+        lines += [
+            "",
+            f"**{name}**, paired by seed (final checkpoints; bootstrap 95% CI over seeds, paired t-test):",
+            "",
+        ]
+        lines += ["| metric | mean Δ | 95% CI | p | verdict |", "|---|---|---|---|---|"]
+        for metric, stat in [
+            *delta["stats"].items(),
+            *((f"task {t}", v) for t, v in delta["stats_by_task"].items()),
+        ]:
+            scale, unit = (1e3, " ×1e-3") if "perception_kl" in metric else (100, " pts")
+            lines.append(
+                f"| {metric} | {stat['mean_diff'] * scale:+.2f}{unit} | [{stat['ci_low'] * scale:+.2f}, "
+                f"{stat['ci_high'] * scale:+.2f}] | {_p(stat['p_value'])} | {stat['verdict']} |"
+            )
     tasks = sorted(ws["with_image"]["by_task"])
     lines += ["", "Per task (test accuracy %, with the image / blind):", ""]
     lines.append("| method | " + " | ".join(tasks) + " |")
@@ -140,6 +192,24 @@ def tables_markdown(results: dict[str, Any]) -> str:
     for method, m in summary["methods"].items():
         cells = [f"{_fmt(m['by_task'][t])} / {_fmt(m['blind_by_task'][t])}" for t in tasks]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _p(p: float) -> str:
+    return "–" if p != p else f"{p:.3f}"
+
+
+def collapse_markdown(results: dict[str, Any]) -> str:
+    """Per method: how many runs' collapse guard warned, and at which steps."""
+    lines = ["| method | runs where collapse_guard warned | first warning step per seed |", "|---|---|---|"]
+    for method in results["summary"]["methods"]:
+        runs = [r for r in results["runs"].values() if r["method"] == method]
+        warned = [r for r in runs if r.get("collapse_warnings")]
+        firsts = ", ".join(
+            f"seed {r['seed']}: {r['collapse_warnings'][0] if r.get('collapse_warnings') else '–'}"
+            for r in runs
+        )
+        lines.append(f"| {method} | {len(warned)}/{len(runs)} | {firsts} |")
     return "\n".join(lines)
 
 
@@ -225,23 +295,60 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def headline(results: dict[str, Any]) -> str:
+    """One bullet per comparison: the paired difference in final test accuracy (vision-dependent tasks
+    and all tasks) with its CI and p-value, and whether it is inside the noise."""
+    lines = []
+    for name, delta in results["summary"]["deltas"].items():
+        parts = []
+        for metric, label in (("accuracy_high", "vision-dependent tasks"), ("accuracy", "all tasks")):
+            stat = delta["stats"][metric]
+            parts.append(
+                f"{label} {100 * stat['mean_diff']:+.1f} pts (95% CI [{100 * stat['ci_low']:+.1f}, "
+                f"{100 * stat['ci_high']:+.1f}], paired t-test p = {_p(stat['p_value'])}): {stat['verdict']}"
+            )
+        kl = delta["stats"]["perception_kl"]
+        parts.append(f"test perception KL {1e3 * kl['mean_diff']:+.1f} ×1e-3 nats/token ({kl['verdict']})")
+        lines.append(
+            f"- **{name}** over {delta['accuracy']['n']} paired seeds, final greedy test accuracy: "
+            + "; ".join(parts)
+            + "."
+        )
+    return "\n".join(lines)
+
+
 def write_report(results: dict[str, Any], out: Path) -> Path:
-    """RESULTS.md (tables, commands, machine) and curves.png in `out`."""
+    """RESULTS.md (tables, statistics, collapse, timings, commands, machine) and curves.png in `out`."""
     plot_curves(results, out / "curves.png")
     config = results["config"]
     machine = results["machine"]
+    timings = results["timings"]
+    ws_seconds = results["warm_start"]["train_seconds"]
     commands = "\n".join(run["command"] for run in results["runs"].values())
+    invocations = "\n".join(
+        f"  - {entry['date']}: {entry['seconds'] / 60:.1f} min, computed {', '.join(entry['computed'])}"
+        for entry in timings["invocations"]
+    )
     text = f"""# Mini reproduction: results (generated by `python -m benchmarks.mini_repro{" --quick" if config["quick"] else ""}`)
+
+{headline(results)}
 
 {tables_markdown(results)}
 
+Collapse guard (`collapse_guard: warn`; GRPO runs it off):
+
+{collapse_markdown(results)}
+
 ![curves](curves.png)
 
-- Warm start: `{results["warm_start"]["path"]}` (trained in {results["warm_start"]["train_seconds"]:.0f} s this run; 0 if reused).
+- Warm start: `{results["warm_start"]["path"]}` (SFT: {"%.1f min" % (ws_seconds / 60) if ws_seconds else "time not recorded"}, as measured when it was trained).
 - {len(results["runs"])} RL runs × {config["rl_steps"]} steps, {config["batch_size"]} completions per step
-  (G={config["num_generations"]}), eval every {config["eval_every"]} steps on {config["num_test"]} test rows.
-- Total wall time: {results["total_seconds"] / 60:.1f} min.
-- Machine: {machine["platform"]}, {machine["cpu_count"]} CPUs, torch {machine["torch"]} ({machine["torch_threads"]} threads),
+  (G={config["num_generations"]}), {config["parallel"]} at a time; greedy eval every {config["eval_every"]} steps on
+  {config["num_test"]} test rows, with and without the image; {config["samples"]} sampled answers per row at the end.
+- Wall time spent computing these results: {timings["compute_seconds"] / 60:.1f} min, in {len(timings["invocations"])} invocation(s)
+  (a cached rerun adds nothing):
+{invocations}
+- Machine: {machine["platform"]}, {machine["cpu_count"]} CPUs, torch {machine["torch"]},
   transformers {machine["transformers"]}, trl {machine["trl"]}, CUDA: {machine["cuda"]}.
 
 Commands (`papo train`, one per run):

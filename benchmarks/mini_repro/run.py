@@ -1,20 +1,28 @@
 """The miniature reproduction: warm start -> GRPO vs PAPO-G (x seeds) -> evaluation -> RESULTS.
 
-    python -m benchmarks.mini_repro                  # the full experiment (~45 min on 2 CPU cores)
-    python -m benchmarks.mini_repro --quick          # pipeline smoke test (< 5 min; CI runs it)
+    python -m benchmarks.mini_repro                  # the full experiment (~1 h on 2 CPU cores)
+    python -m benchmarks.mini_repro --quick          # pipeline smoke test (< 3 min; CI runs it)
     python -m benchmarks.mini_repro --methods grpo papo-g dapo papo-d --seeds 0 1 2
 
-Stages, each cached in ``--out`` (rerunning skips what is already there):
-1. the warm start (`papo.warm_start`: SFT of a ~2.4M-parameter Qwen2.5-VL from random init);
+Stages, each cached in ``--out`` (rerunning skips what is already there, and keeps the timings measured
+when each stage ran):
+1. the warm start (`papo.warm_start`: SFT of a ~2.4M-parameter Qwen2.5-VL from random init on the
+   handwritten-digit tasks, so it reads the digits and RL has reward to work with);
 2. one `papo train` run per (method, seed), from the warm start, on the synthetic training split,
-   with a LoRA adapter checkpoint every ``eval_every`` steps;
-3. every checkpoint evaluated greedily on the synthetic test split, with the image and "blind"
-   (image all black), plus the mean perception KL of its answers;
-4. ``results.json``, ``RESULTS.md`` and ``curves.png`` summarising mean +- std over seeds.
+   with a LoRA adapter checkpoint every ``eval_every`` steps; runs go ``--parallel`` at a time, one
+   thread each (two single-thread runs beat one two-thread run on a 2-core machine);
+3. every checkpoint evaluated greedily on the synthetic test split (digits never seen in training),
+   with the image and "blind" (image all black), plus the mean perception KL of its answers, and the
+   final one also with k sampled answers per question (temperature 1, as RL samples);
+4. ``results.json``, ``RESULTS.md`` and ``curves.png``: mean ± std over seeds, and each PAPO arm minus
+   its baseline paired by seed with a bootstrap 95% CI and a paired t-test (`papo.stats`).
 
-The GRPO arm is `papo train` with ``perception_kl_coef: 0``: its loss and gradients equal TRL's
-GRPOTrainer's (tests/test_trainer.py checks this), and the masked forward still runs, so the perception
-KL is logged for both arms on the same footing.
+Both arms of a seed share the seed, hence the data order, the LoRA init and the sampling streams (until
+their policies differ). The GRPO arm is `papo train` with ``perception_kl_coef: 0``: its loss and
+gradients equal TRL's GRPOTrainer's (tests/test_trainer.py checks this), and the masked forward still
+runs, so the perception KL is logged for both arms on the same footing. The ``papo-g-high`` arm uses
+10x the PAPO-G γ, to show the paper's "KL_prcp hacking" collapse (spec §5) and whether
+``collapse_guard`` (warn mode: it logs, the run goes on) sees it.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from typing import Any
 METHODS: dict[str, dict[str, Any]] = {
     "grpo": {"perception_kl_coef": 0.0, "collapse_guard": "off"},
     "papo-g": {},
+    # 10x the demo preset's γ = 0.02: the over-weighted perception KL of the paper's collapse study.
+    "papo-g-high": {"perception_kl_coef": 0.2},
     "dapo": {
         "perception_kl_coef": 0.0,
         "collapse_guard": "off",
@@ -51,7 +61,7 @@ METHODS: dict[str, dict[str, Any]] = {
         "entropy_masked_coef": 0.03,
     },
 }
-BASELINE_OF = {"papo-g": "grpo", "papo-d": "dapo"}
+BASELINE_OF = {"papo-g": "grpo", "papo-g-high": "grpo", "papo-d": "dapo"}
 
 
 @dataclass
@@ -59,20 +69,24 @@ class ExperimentConfig:
     """Everything that defines one run of the experiment (recorded in results.json)."""
 
     out: str = "outputs/mini_repro"
-    methods: tuple[str, ...] = ("grpo", "papo-g")
-    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = ("grpo", "papo-g", "papo-g-high")
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    # Fewer seeds for some methods (the collapse arm shows its point on three); others use `seeds`.
+    method_seeds: dict[str, tuple[int, ...]] = field(default_factory=lambda: {"papo-g-high": (0, 1, 2)})
     rl_steps: int = 200
     eval_every: int = 50
-    num_train: int = 1000  # synthetic training split for RL (seed 0)
-    num_test: int = 200  # synthetic test split (seed 0), 40 per task
+    num_train: int = 1000  # synthetic training split for RL (digit tasks, seed `data_seed`)
+    num_test: int = 200  # synthetic test split: 40 per task, from the held-out scans
     data_seed: int = 0
     batch_size: int = 16  # completions per step (4 prompts x G)
     num_generations: int = 4
     max_completion_length: int = 32
     learning_rate: float = 5e-4
-    warm_start_steps: int = 1500
-    warm_start_rows: int = 12000
+    samples: int = 4  # sampled answers per test question at the final checkpoint (and the warm start)
+    warm_start_steps: int = 500
+    warm_start_rows: int = 16000
     warm_start: str | None = None  # use this checkpoint instead of training one
+    parallel: int = 2  # (method, seed) jobs at a time, one thread each
     quick: bool = False
     extra: list[str] = field(default_factory=list)  # more `papo train` flags, applied to every run
 
@@ -81,17 +95,26 @@ class ExperimentConfig:
         """Every stage at toy size: checks the pipeline, not the outcome."""
         settings = dict(
             out="outputs/mini_repro_quick",
+            methods=("grpo", "papo-g"),
             seeds=(0,),
             rl_steps=4,
             eval_every=2,
             num_train=64,
-            num_test=10,
+            num_test=40,
             batch_size=8,
             max_completion_length=24,
+            samples=2,
             warm_start_steps=20,
-            warm_start_rows=320,
+            warm_start_rows=640,
+            parallel=1,
             quick=True,
+            method_seeds={},
         )
+        # The shipped warm start (papo/assets), so the quick run also checks that it reads the images.
+        from papo.embedded import shipped_warm_start
+
+        shipped = shipped_warm_start()
+        settings["warm_start"] = str(shipped) if shipped else None
         settings.update(overrides)
         return cls(**settings)
 
@@ -110,6 +133,12 @@ def prepare_warm_start(config: ExperimentConfig, log=print) -> Path:
         log(f"[mini_repro] training the warm start ({config.warm_start_steps} SFT steps) -> {path}")
     ws = WarmStartConfig(max_steps=config.warm_start_steps, num_train=config.warm_start_rows)
     return train_warm_start(path, ws)
+
+
+def warm_start_seconds(path: Path) -> float | None:
+    """The SFT time recorded in the checkpoint when it was trained (None for a checkpoint without it)."""
+    record = path / "warm_start.json"
+    return json.loads(record.read_text()).get("train_seconds") if record.exists() else None
 
 
 def prepare_data(config: ExperimentConfig) -> Path:
@@ -155,19 +184,50 @@ def run_dir(config: ExperimentConfig, method: str, seed: int) -> Path:
 def train_run(
     config: ExperimentConfig, method: str, seed: int, warm_start: Path, data: Path, log=print
 ) -> float:
-    """Run one `papo train` job in a subprocess (skipped if its final adapter exists); wall seconds."""
+    """Run one `papo train` job in a subprocess (skipped if its final adapter exists); wall seconds.
+
+    Its output goes to ``train.log`` in the run folder (the collapse guard's warnings among it).
+    """
     out = run_dir(config, method, seed)
     timing = out / "wall_seconds.json"
     if (out / "adapter_model.safetensors").exists() and timing.exists():
         return json.loads(timing.read_text())["wall_seconds"]
     command = train_command(config, method, seed, warm_start, data)
     log(f"[mini_repro] {' '.join(command)}")
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if config.parallel > 1:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     start = time.perf_counter()
     # `python -m papo.cli` is `papo` without relying on the console script being on PATH.
-    subprocess.run([sys.executable, "-m", "papo.cli", *command[1:]], check=True)
+    with open(out / "train.log", "w") as train_log:
+        subprocess.run(
+            [sys.executable, "-m", "papo.cli", *command[1:]],
+            check=True,
+            stdout=train_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     wall = time.perf_counter() - start
     timing.write_text(json.dumps({"wall_seconds": wall}))
     return wall
+
+
+COLLAPSE_WARNING = "signs of PAPO collapse"
+
+
+def collapse_warnings(config: ExperimentConfig, method: str, seed: int) -> list[int]:
+    """Steps at which the run's collapse guard warned (from its train.log)."""
+    path = run_dir(config, method, seed) / "train.log"
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text(errors="replace").splitlines():
+        if COLLAPSE_WARNING in line and "step " in line:
+            word = line.split("step ", 1)[1].split(":", 1)[0]
+            if word.isdigit():
+                steps.append(int(word))
+    return steps
 
 
 def checkpoints(config: ExperimentConfig, method: str, seed: int) -> list[tuple[int, Path]]:
@@ -180,9 +240,10 @@ def checkpoints(config: ExperimentConfig, method: str, seed: int) -> list[tuple[
 
 
 def evaluate_checkpoint(
-    warm_start: Path, adapter: Path | None, test_rows, cache: Path, log=print
+    warm_start: Path, adapter: Path | None, test_rows, cache: Path, samples: int = 0, log=print
 ) -> dict[str, Any]:
-    """Greedy test accuracy with and without the image + perception KL of one policy (cached as JSON)."""
+    """Greedy test accuracy with and without the image + perception KL of one policy (cached as JSON);
+    with `samples` > 0 also sampled accuracy (k per question)."""
     if cache.exists():
         return json.loads(cache.read_text())
     from benchmarks.mini_repro.evaluate import evaluate_policy
@@ -194,7 +255,7 @@ def evaluate_checkpoint(
     )
     start = time.perf_counter()
     result = {
-        "with_image": evaluate_policy(model, processor, test_rows, perception_kl=True),
+        "with_image": evaluate_policy(model, processor, test_rows, perception_kl=True, samples=samples),
         "blind": evaluate_policy(model, processor, test_rows, blind=True),
     }
     result["eval_seconds"] = time.perf_counter() - start
@@ -217,6 +278,65 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------ the whole
 
 
+def _eval_cache(config: ExperimentConfig, name: str, step: int) -> Path:
+    return Path(config.out) / "evals" / f"{name}-step{step}.json"
+
+
+def run_job(
+    config: ExperimentConfig, method: str, seed: int, warm_start: Path, data: Path, log=print
+) -> dict:
+    """Train one (method, seed) run and evaluate its checkpoints (each step cached); its results entry."""
+    import datasets
+
+    if config.parallel > 1:
+        import torch
+
+        torch.set_num_threads(1)
+    wall = train_run(config, method, seed, warm_start, data, log)
+    test_rows = datasets.load_from_disk(str(data))["test"]
+    name = f"{method}-seed{seed}"
+    found = checkpoints(config, method, seed)
+    evals = {
+        str(step): evaluate_checkpoint(  # str keys, as results.json gives them back
+            warm_start,
+            path,
+            test_rows,
+            _eval_cache(config, name, step),
+            samples=config.samples if step == found[-1][0] else 0,
+            log=log,
+        )
+        for step, path in found
+    }
+    return {
+        "method": method,
+        "seed": seed,
+        "wall_seconds": wall,
+        "command": " ".join(train_command(config, method, seed, warm_start, data)),
+        "metrics": read_metrics(run_dir(config, method, seed) / "metrics.jsonl"),
+        "collapse_warnings": collapse_warnings(config, method, seed),
+        "evals": evals,
+    }
+
+
+def experiment_jobs(config: ExperimentConfig) -> list[tuple[str, int]]:
+    """(method, seed) runs in the order they are run: seed by seed for the methods with every seed (so
+    the paired comparisons fill up first), then the methods restricted by `method_seeds`."""
+    full = [m for m in config.methods if m not in config.method_seeds]
+    jobs = [(m, s) for s in config.seeds for m in full]
+    for method in config.methods:
+        if method in config.method_seeds:
+            jobs += [(method, s) for s in config.method_seeds[method] if s in config.seeds]
+    return jobs
+
+
+def _job_done(config: ExperimentConfig, method: str, seed: int) -> bool:
+    out = run_dir(config, method, seed)
+    if not ((out / "adapter_model.safetensors").exists() and (out / "wall_seconds.json").exists()):
+        return False
+    name = f"{method}-seed{seed}"
+    return all(_eval_cache(config, name, step).exists() for step, _ in checkpoints(config, method, seed))
+
+
 def run_experiment(config: ExperimentConfig, log=print) -> dict[str, Any]:
     """Run (or resume) every stage and return the results dict written to ``out/results.json``."""
     import datasets
@@ -229,43 +349,41 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    stage_start = time.perf_counter()
+    computed: list[str] = []
+    if not config.warm_start and not (out / "warm-start" / "config.json").exists():
+        computed.append("warm start")
     warm_start = prepare_warm_start(config, log)
-    warm_start_seconds = time.perf_counter() - stage_start
     data = prepare_data(config)
     test_rows = datasets.load_from_disk(str(data))["test"]
+    if not (out / "evals" / "warm-start.json").exists():
+        computed.append("warm-start eval")
+    ws_eval = evaluate_checkpoint(
+        warm_start, None, test_rows, out / "evals" / "warm-start.json", samples=config.samples, log=log
+    )
+    jobs = experiment_jobs(config)
+    todo = [job for job in jobs if not _job_done(config, *job)]
+    computed += [f"{method}-seed{seed}" for method, seed in todo]
+    if todo and config.parallel > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-    evals: dict[str, Any] = {
-        "warm_start": evaluate_checkpoint(warm_start, None, test_rows, out / "evals" / "warm-start.json", log)
-    }
-    runs: dict[str, Any] = {}
-    for seed in config.seeds:
-        for method in config.methods:
-            wall = train_run(config, method, seed, warm_start, data, log)
-            name = f"{method}-seed{seed}"
-            runs[name] = {
-                "method": method,
-                "seed": seed,
-                "wall_seconds": wall,
-                "command": " ".join(train_command(config, method, seed, warm_start, data)),
-                "metrics": read_metrics(run_dir(config, method, seed) / "metrics.jsonl"),
-                "evals": {
-                    str(step): evaluate_checkpoint(  # str keys, as results.json gives them back
-                        warm_start, path, test_rows, out / "evals" / f"{name}-step{step}.json", log
-                    )
-                    for step, path in checkpoints(config, method, seed)
-                },
-            }
+        context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+        with ProcessPoolExecutor(max_workers=config.parallel, mp_context=context) as pool:
+            for future in [pool.submit(run_job, config, m, s, warm_start, data) for m, s in todo]:
+                future.result()  # re-raise a failed job here
+    runs = {f"{m}-seed{s}": run_job(config, m, s, warm_start, data, log) for m, s in jobs}
+    elapsed = time.perf_counter() - started
+    timings = record_timings(out, elapsed, computed)
     results = {
         "config": asdict(config),
         "machine": machine_info(),
         "warm_start": {
             "path": str(warm_start),
-            "train_seconds": warm_start_seconds,
-            "eval": evals["warm_start"],
+            "train_seconds": warm_start_seconds(warm_start),
+            "eval": ws_eval,
         },
         "runs": runs,
-        "total_seconds": time.perf_counter() - started,
+        "timings": timings,
     }
     results["summary"] = summarise(results)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -274,10 +392,47 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict[str, Any]:
     return results
 
 
+def record_timings(out: Path, elapsed: float, computed: list[str]) -> dict[str, Any]:
+    """Append this invocation to ``out/timings.json`` if it computed anything; return all invocations.
+
+    A fully cached rerun adds nothing, so the reported wall time stays the one measured when the stages
+    actually ran (``compute_seconds``: the sum over the invocations that computed something).
+    """
+    from papo.files import write_text_atomically
+
+    path = out / "timings.json"
+    record = json.loads(path.read_text()) if path.exists() else {"invocations": []}
+    if computed:
+        record["invocations"].append(
+            {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "seconds": elapsed, "computed": computed}
+        )
+        write_text_atomically(path, json.dumps(record, indent=1))
+    record["compute_seconds"] = sum(entry["seconds"] for entry in record["invocations"])
+    return record
+
+
+def median_seed(results: dict[str, Any], method: str = "papo-g") -> int:
+    """The seed whose final test accuracy (with the image) is closest to the median over `method`'s seeds."""
+    import statistics
+
+    from benchmarks.mini_repro.report import final_eval
+
+    finals = {
+        run["seed"]: final_eval(run)["with_image"]["accuracy"]
+        for run in results["runs"].values()
+        if run["method"] == method and run["evals"]
+    }
+    if not finals:
+        raise ValueError(f"no evaluated {method} run to pick from")
+    middle = statistics.median(finals.values())
+    return min(finals, key=lambda seed: (abs(finals[seed] - middle), seed))
+
+
 def export_assets(
     config: ExperimentConfig, assets: Path | None = None, method: str = "papo-g", seed: int = 0
 ) -> Path:
-    """Copy the warm start and the final `method` adapter of `seed` into the package's embedded assets.
+    """Copy the warm start and the final `method` adapter of `seed` into the package's embedded assets,
+    with the held-out questions on which the two answer differently (`pick_space_examples`).
 
     These become the defaults of `papo train`/`eval`/`demo`, the Space and the notebooks (`papo.embedded`).
     """
@@ -295,7 +450,7 @@ def export_assets(
         warm_start: assets / embedded.WARM_START_ASSET.name,
         adapter: assets / embedded.PAPO_ADAPTER_ASSET.name,
     }
-    skipped = ("metrics.jsonl", "wall_seconds.json", "training_args.bin")
+    skipped = ("metrics.jsonl", "wall_seconds.json", "training_args.bin", "train.log")
 
     def copy_from(source: Path) -> Callable[[Path], None]:
         def write(folder: Path) -> None:
@@ -313,9 +468,63 @@ def export_assets(
 
         return write
 
+    examples = pick_space_examples(warm_start, adapter)
     for source, target in targets.items():
-        write_dir_atomically(target, copy_from(source))
+        write = copy_from(source)
+        if source == adapter:
+
+            def write(folder: Path, copy=write) -> None:
+                copy(folder)
+                record = {"picked_by": "benchmarks.mini_repro.run.pick_space_examples", "examples": examples}
+                (folder / embedded.SPACE_EXAMPLES_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+        write_dir_atomically(target, write)
     return assets
+
+
+def pick_space_examples(
+    warm_start: Path, adapter: Path, data_seed: int = 2026, candidates: int = 120, keep: int = 4
+) -> list[dict[str, Any]]:
+    """Held-out questions on which the warm start and the adapter give different boxed answers when
+    generating as the Space does by default (its prompt, seed 0, temperature 1, one question at a time).
+
+    Candidates are the vision-dependent rows of the digit test split drawn with `data_seed` (a seed no
+    training used; its scans are the held-out ones). At most one row per task first, then the rest in order.
+    """
+    from papo.data.loading import IMAGE_PLACEHOLDER
+    from papo.data.synthetic import VISION_DEPENDENCY, synthetic_row
+    from papo.evaluation.run import eval_prompt, load_model_and_adapter
+    from papo.generation import generate_completions
+    from papo.rewards import extract_boxed_answer
+
+    model, processor = load_model_and_adapter(str(warm_start), str(adapter), dtype="float32")
+    found: list[dict[str, Any]] = []
+    for index in range(candidates):
+        row = synthetic_row(index, "test", data_seed)
+        if VISION_DEPENDENCY[row["task"]] != "high":
+            continue
+        question = row["problem"].replace(IMAGE_PLACEHOLDER, "").strip()
+        prompt = eval_prompt(IMAGE_PLACEHOLDER + question)
+        answers = {}
+        for side in ("baseline", "papo"):
+            kwargs = dict(max_new_tokens=64, do_sample=True, temperature=1.0, top_p=1.0, batch_size=1, seed=0)
+            if side == "baseline":
+                with model.disable_adapter():
+                    [(text, _)] = generate_completions(model, processor, [prompt], [row["images"]], **kwargs)
+            else:
+                [(text, _)] = generate_completions(model, processor, [prompt], [row["images"]], **kwargs)
+            answers[side] = text
+        if extract_boxed_answer(answers["baseline"]) != extract_boxed_answer(answers["papo"]):
+            found.append(
+                {"seed": data_seed, "index": index, "task": row["task"], "question": question}
+                | {"answer": row["answer"], "baseline": answers["baseline"], "papo": answers["papo"]}
+            )
+    chosen: list[dict[str, Any]] = []
+    for item in found:  # one per task first (in order), then the other differing rows
+        if item["task"] not in {c["task"] for c in chosen}:
+            chosen.append(item)
+    chosen += [item for item in found if item not in chosen]
+    return chosen[:keep]
 
 
 def machine_info() -> dict[str, Any]:
@@ -340,17 +549,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.mini_repro", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="toy sizes: checks the pipeline in < 5 min")
+    parser.add_argument("--quick", action="store_true", help="toy sizes: checks the pipeline in < 3 min")
     parser.add_argument("--out", help="output folder (default outputs/mini_repro[_quick])")
-    parser.add_argument("--methods", nargs="+", help=f"from {', '.join(METHODS)} (default grpo papo-g)")
-    parser.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2")
+    parser.add_argument(
+        "--methods", nargs="+", help=f"from {', '.join(METHODS)} (default grpo papo-g papo-g-high)"
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2 3 4")
     parser.add_argument("--rl_steps", type=int)
     parser.add_argument("--eval_every", type=int)
     parser.add_argument("--warm_start", help="an existing warm-start checkpoint (skips the SFT stage)")
+    parser.add_argument("--parallel", type=int, help="runs at a time, one thread each (default 2)")
     parser.add_argument(
         "--export",
         action="store_true",
-        help="then copy the warm start and the papo-g seed-0 adapter into papo/assets (the embedded defaults)",
+        help="then copy the warm start and the papo-g adapter of the median seed into papo/assets "
+        "(the embedded defaults)",
     )
     args, extra = parser.parse_known_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("quick", "export") and v is not None}
@@ -362,7 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     config = (
         ExperimentConfig.quick_mode(**overrides) if args.quick else replace(ExperimentConfig(), **overrides)
     )
-    run_experiment(config)
+    results = run_experiment(config)
     if args.export:
-        print(f"[mini_repro] exported the embedded defaults to {export_assets(config)}")
+        seed = median_seed(results, "papo-g")
+        print(
+            f"[mini_repro] exported the embedded defaults (papo-g seed {seed}) to {export_assets(config, seed=seed)}"
+        )
     return 0

@@ -40,11 +40,18 @@ from typing import Any, NamedTuple
 import datasets
 from PIL import Image, ImageDraw, ImageFont
 
+from papo.data.digits import DIGIT_TASKS, DIGIT_VISION_DEPENDENCY
 from papo.data.loading import IMAGE_PLACEHOLDER
 
 __all__ = [
     "FEATURES",
     "TASKS",
+    "DIGIT_TASKS",
+    "ALL_TASKS",
+    "TASK_SETS",
+    "DEFAULT_TASKS",
+    "draw_task",
+    "synthetic_row",
     "VISION_DEPENDENCY",
     "IMAGE_PLACEHOLDER",
     "MIN_IMAGE_SIZE",
@@ -338,21 +345,32 @@ TASKS: dict[str, Callable[[random.Random, int], TaskSample]] = {
     "text_arithmetic": text_arithmetic,
 }
 
+# The drawn tasks' vision dependency, then the digit tasks' (papo.data.digits): one table for all.
 VISION_DEPENDENCY: dict[str, str] = {
     "count_shapes": "high",
     "read_number": "high",
     "compare_bars": "high",
     "which_side": "high",
     "text_arithmetic": "low",
+    **DIGIT_VISION_DEPENDENCY,
 }
+
+# Named task sets. "digits" (real handwritten digits, one visual token each) is the default: it is what
+# the embedded warm start learnt to read. "drawn" are the PIL-drawn shapes/bars/dots/number tasks.
+TASK_SETS: dict[str, tuple[str, ...]] = {"digits": tuple(DIGIT_TASKS), "drawn": tuple(TASKS)}
+DEFAULT_TASKS: tuple[str, ...] = TASK_SETS["digits"]
+ALL_TASKS: tuple[str, ...] = (*DIGIT_TASKS, *TASKS)
 
 
 # ------------------------------------------------------------------------------------------ validation
 
 
 def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"unknown synthetic task {task!r}; valid tasks are: {', '.join(TASKS)}")
+    if task not in VISION_DEPENDENCY:
+        raise ValueError(
+            f"unknown synthetic task {task!r}; valid tasks are: {', '.join(ALL_TASKS)} "
+            f"(task sets: {', '.join(TASK_SETS)})"
+        )
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -361,14 +379,15 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _resolve_tasks(tasks: Sequence[str] | None) -> list[str]:
+def _resolve_tasks(tasks: Sequence[str] | str | None) -> list[str]:
+    """Task names from a list of names and/or task-set names ("digits", "drawn"); default `DEFAULT_TASKS`."""
     if tasks is None:
-        return list(TASKS)
+        return list(DEFAULT_TASKS)
     if isinstance(tasks, str):  # a bare name would otherwise be iterated character by character
         tasks = [tasks]
-    tasks = list(tasks)
+    tasks = [name for entry in tasks for name in TASK_SETS.get(entry, (entry,))]
     if not tasks:
-        raise ValueError(f"tasks must name at least one task; valid tasks are: {', '.join(TASKS)}")
+        raise ValueError(f"tasks must name at least one task; valid tasks are: {', '.join(ALL_TASKS)}")
     for task in tasks:
         _check_task(task)
     if len(set(tasks)) != len(tasks):
@@ -379,11 +398,24 @@ def _resolve_tasks(tasks: Sequence[str] | None) -> list[str]:
 # ------------------------------------------------------------------------------------------------ API
 
 
-def generate_example(task: str, rng: random.Random, image_size: int = 64) -> dict[str, Any]:
-    """One row of the PAPO schema (without ``id``) for ``task``, drawn with ``rng``."""
+def draw_task(task: str, rng: random.Random, image_size: int = 64, split: str = "train") -> TaskSample:
+    """One sample of `task` drawn with `rng`.
+
+    Drawn tasks use `image_size` (square side, px); digit tasks draw each digit at 28 px from the scans of
+    `split`'s pool ("test": the held-out scans; anything else: the training scans, see papo.data.digits).
+    """
     _check_task(task)
+    if task in DIGIT_TASKS:
+        return DIGIT_TASKS[task](rng, split)
     _check_int("image_size", image_size, MIN_IMAGE_SIZE)
-    sample = TASKS[task](rng, image_size)
+    return TASKS[task](rng, image_size)
+
+
+def generate_example(
+    task: str, rng: random.Random, image_size: int = 64, split: str = "train"
+) -> dict[str, Any]:
+    """One row of the PAPO schema (without ``id``) for ``task``, drawn with ``rng`` (see `draw_task`)."""
+    sample = draw_task(task, rng, image_size, split)
     return {
         "task": task,
         "problem": IMAGE_PLACEHOLDER + sample.question,
@@ -399,6 +431,20 @@ def _row_rng(seed: int, split: str, index: int) -> random.Random:
     return random.Random(f"papo-synthetic/{seed}/{split}/{index}")
 
 
+def synthetic_row(
+    index: int,
+    split: str = "test",
+    seed: int = 0,
+    image_size: int = 64,
+    tasks: Sequence[str] | str | None = None,
+) -> dict[str, Any]:
+    """Row `index` of `split` exactly as `make_synthetic_dataset(seed=seed, tasks=tasks, ...)` draws it
+    (PIL images, with its ``id``), without building the split: rows depend only on (seed, split, index)."""
+    task_list = _resolve_tasks(tasks)
+    row = generate_example(task_list[index % len(task_list)], _row_rng(seed, split, index), image_size, split)
+    return row | {"id": f"{split}-{index:06d}"}
+
+
 def _png_bytes(image: Image.Image) -> dict[str, Any]:
     """Encode once, ourselves, so the stored bytes depend only on the pixels (no file name, no metadata)."""
     buffer = io.BytesIO()
@@ -409,10 +455,9 @@ def _png_bytes(image: Image.Image) -> dict[str, Any]:
 def _make_split(split: str, size: int, seed: int, image_size: int, tasks: list[str]) -> datasets.Dataset:
     columns: dict[str, list[Any]] = {name: [] for name in FEATURES}
     for index in range(size):
-        task = tasks[index % len(tasks)]  # round-robin: every split gets near-equal shares of each task
-        row = generate_example(task, _row_rng(seed, split, index), image_size)
+        # Round-robin over `tasks`: every split gets near-equal shares of each task.
+        row = synthetic_row(index, split, seed, image_size, tasks)
         row["images"] = [_png_bytes(image) for image in row["images"]]
-        row["id"] = f"{split}-{index:06d}"
         for name in FEATURES:
             columns[name].append(row[name])
     # from_dict builds an in-memory Arrow table: nothing is written to (or read back from) the HF cache.
@@ -424,7 +469,7 @@ def make_synthetic_dataset(
     num_test: int = 200,
     seed: int = 0,
     image_size: int = 64,
-    tasks: Sequence[str] | None = None,
+    tasks: Sequence[str] | str | None = None,
 ) -> datasets.DatasetDict:
     """Build the synthetic perception dataset as a ``DatasetDict`` with "train" and "test" splits.
 
@@ -432,8 +477,10 @@ def make_synthetic_dataset(
         num_train: rows in the train split (>= 1).
         num_test: rows in the test split (>= 1).
         seed: base seed; each row's RNG is derived from ``(seed, split, index)``.
-        image_size: side of the square RGB images in pixels (>= 32).
-        tasks: task names to include, in round-robin order; default all of ``TASKS``.
+        image_size: side of the square RGB images of the drawn tasks, in pixels (>= 32); digit tasks
+            draw each digit at 28 px.
+        tasks: task names and/or task-set names ("digits", "drawn") to include, in round-robin order;
+            default ``DEFAULT_TASKS`` (the digit tasks).
     """
     _check_int("num_train", num_train, 1)
     _check_int("num_test", num_test, 1)

@@ -1,4 +1,4 @@
-"""Tests for the synthetic perception dataset: schema, determinism, truthfulness, arguments, saving."""
+"""Tests for the synthetic perception dataset (the drawn task set here; the digit tasks: test_digits.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from papo.data.synthetic import (
+    DIGIT_TASKS,
     FEATURES,
     SHAPE_COLOURS,
     SHAPE_KINDS,
@@ -29,7 +30,7 @@ ALL_TASKS = list(TASKS)
 
 @pytest.fixture(scope="module")
 def small() -> datasets.DatasetDict:
-    return make_synthetic_dataset(num_train=40, num_test=15, seed=0)
+    return make_synthetic_dataset(num_train=40, num_test=15, seed=0, tasks="drawn")
 
 
 def _pixels(row: dict) -> list[np.ndarray]:
@@ -120,13 +121,14 @@ def test_answer_formats(small: datasets.DatasetDict) -> None:
 
 
 def test_vision_dependency_labels() -> None:
-    assert set(VISION_DEPENDENCY) == set(TASKS)
-    assert {t for t, v in VISION_DEPENDENCY.items() if v == "low"} == {"text_arithmetic"}
-    assert {t for t, v in VISION_DEPENDENCY.items() if v == "high"} == set(TASKS) - {"text_arithmetic"}
+    assert set(VISION_DEPENDENCY) == set(TASKS) | set(DIGIT_TASKS)
+    assert {t for t, v in VISION_DEPENDENCY.items() if v == "low"} == {"text_arithmetic", "digit_sum_text"}
+    high = {t for t, v in VISION_DEPENDENCY.items() if v == "high"}
+    assert high == (set(TASKS) | set(DIGIT_TASKS)) - {"text_arithmetic", "digit_sum_text"}
 
 
 def test_every_task_in_near_equal_shares() -> None:
-    ds = make_synthetic_dataset(num_train=23, num_test=7, seed=1)
+    ds = make_synthetic_dataset(num_train=23, num_test=7, seed=1, tasks="drawn")
     for split in ("train", "test"):
         counts = Counter(ds[split]["task"])
         assert set(counts) == set(TASKS)
@@ -142,7 +144,7 @@ def test_task_subset_and_order() -> None:
 
 
 def test_image_size_is_respected() -> None:
-    ds = make_synthetic_dataset(num_train=5, num_test=1, image_size=96)
+    ds = make_synthetic_dataset(num_train=5, num_test=1, image_size=96, tasks="drawn")
     assert {row["images"][0].size for row in ds["train"]} == {(96, 96)}
 
 
@@ -150,13 +152,13 @@ def test_image_size_is_respected() -> None:
 
 
 def test_same_seed_is_identical(small: datasets.DatasetDict) -> None:
-    again = make_synthetic_dataset(num_train=40, num_test=15, seed=0)
+    again = make_synthetic_dataset(num_train=40, num_test=15, seed=0, tasks="drawn")
     assert _same_rows(small["train"], again["train"])
     assert _same_rows(small["test"], again["test"])
 
 
 def test_different_seed_differs(small: datasets.DatasetDict) -> None:
-    other = make_synthetic_dataset(num_train=40, num_test=15, seed=1)
+    other = make_synthetic_dataset(num_train=40, num_test=15, seed=1, tasks="drawn")
     assert small["train"]["answer"] != other["train"]["answer"]
     differing = sum(
         not np.array_equal(_pixels(a)[0], _pixels(b)[0])
@@ -176,7 +178,7 @@ def test_train_and_test_differ(small: datasets.DatasetDict) -> None:
 
 
 def test_rows_do_not_depend_on_split_size(small: datasets.DatasetDict) -> None:
-    short = make_synthetic_dataset(num_train=7, num_test=3, seed=0)
+    short = make_synthetic_dataset(num_train=7, num_test=3, seed=0, tasks="drawn")
     assert _same_rows(short["train"], small["train"].select(range(7)))
     assert _same_rows(short["test"], small["test"].select(range(3)))
 
@@ -188,7 +190,7 @@ import numpy as np
 from papo.data.synthetic import FEATURES, make_synthetic_dataset
 
 def fingerprint():
-    ds = make_synthetic_dataset(num_train=10, num_test=5, seed=7)
+    ds = make_synthetic_dataset(num_train=10, num_test=5, seed=7, tasks="drawn")
     digest = hashlib.sha256()
     for split in ("train", "test"):
         for row in ds[split]:
@@ -375,7 +377,7 @@ def test_generate_example_checks_image_size() -> None:
 
 def test_save_round_trip(tmp_path) -> None:
     out = tmp_path / "synthetic"
-    built = save_synthetic_dataset(out, num_train=10, num_test=5, seed=3)
+    built = save_synthetic_dataset(out, num_train=10, num_test=5, seed=3, tasks="drawn")
     loaded = datasets.load_from_disk(str(out))
     assert set(loaded) == {"train", "test"}
     for split in ("train", "test"):
@@ -386,8 +388,8 @@ def test_save_round_trip(tmp_path) -> None:
 
 def test_save_replaces_a_previous_dataset(tmp_path) -> None:
     out = tmp_path / "synthetic"
-    save_synthetic_dataset(out, num_train=4, num_test=2, seed=0)
-    second = save_synthetic_dataset(out, num_train=6, num_test=3, seed=1)
+    save_synthetic_dataset(out, num_train=4, num_test=2, seed=0, tasks="drawn")
+    second = save_synthetic_dataset(out, num_train=6, num_test=3, seed=1, tasks="drawn")
     loaded = datasets.load_from_disk(str(out))
     assert loaded["train"].num_rows == 6 and _same_rows(loaded["train"], second["train"])
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]
@@ -398,7 +400,7 @@ def test_save_refuses_to_clobber_other_directories(tmp_path) -> None:
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError):
-        save_synthetic_dataset(out, num_train=2, num_test=1)
+        save_synthetic_dataset(out, num_train=2, num_test=1, tasks="drawn")
     assert (out / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-dataset"]
 

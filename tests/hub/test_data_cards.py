@@ -14,6 +14,7 @@ EXPECTED_LICENCE = {
     "papo_virl39k_train.md": "unknown",  # upstream licences apply; none was verified
     "papo_eval.md": "unknown",
     "synthetic_perception.md": "mit",
+    "digit_perception.md": "cc-by-4.0",  # the UCI digits' licence (scikit-learn redistributes them)
 }
 
 

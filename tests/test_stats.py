@@ -1,0 +1,72 @@
+"""papo.stats against hand-made cases and scipy."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from papo.stats import benjamini_hochberg, compare_paired, mcnemar_exact, paired_bootstrap_ci, paired_t_test
+
+
+def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
+    a = [0.30, 0.32, 0.28, 0.35, 0.31]
+    b = [0.40, 0.45, 0.33, 0.41, 0.39]
+    mean, low, high = paired_bootstrap_ci(a, b, seed=3)
+    assert mean == pytest.approx(np.mean(np.subtract(b, a)))
+    assert low < mean < high
+    # Percentile bootstrap of a mean: the CI lies within the range of the differences.
+    diffs = np.subtract(b, a)
+    assert diffs.min() <= low and high <= diffs.max()
+    assert paired_bootstrap_ci(a, b, seed=3) == (mean, low, high)
+    # With 5 pairs the percentiles fall on the same resampled means for most seeds; with 30 they do not.
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=30), rng.normal(size=30)
+    assert paired_bootstrap_ci(x, y, seed=3) != paired_bootstrap_ci(x, y, seed=4)
+
+
+def test_bootstrap_ci_matches_scipy_directly():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=40), rng.normal(0.3, 1, size=40)
+    _, low, high = paired_bootstrap_ci(a, b, seed=7, n_resamples=2000)
+    ref = stats.bootstrap(
+        (b - a,), np.mean, n_resamples=2000, method="percentile", random_state=np.random.default_rng(7)
+    ).confidence_interval
+    assert (low, high) == pytest.approx((ref.low, ref.high))
+
+
+def test_noise_verdicts():
+    same = compare_paired([0.5, 0.6, 0.4, 0.5], [0.52, 0.58, 0.43, 0.49])
+    assert not same.significant and "inside the noise" in same.verdict()
+    gain = compare_paired([0.1, 0.2, 0.15, 0.12, 0.18], [0.5, 0.62, 0.55, 0.51, 0.6])
+    assert gain.significant and gain.verdict().startswith("gain")
+    expected = stats.ttest_rel([0.5, 0.62, 0.55, 0.51, 0.6], [0.1, 0.2, 0.15, 0.12, 0.18]).pvalue
+    assert gain.p_value == pytest.approx(expected)
+    assert gain.to_dict()["significant"] is True
+
+
+def test_degenerate_pairs():
+    assert paired_bootstrap_ci([1.0], [2.0]) == (1.0, 1.0, 1.0)
+    assert paired_bootstrap_ci([1.0, 2.0], [2.0, 3.0]) == (1.0, 1.0, 1.0)
+    assert math.isnan(paired_t_test([1.0], [2.0]))
+    with pytest.raises(ValueError, match="same length"):
+        paired_bootstrap_ci([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="empty"):
+        paired_bootstrap_ci([], [])
+
+
+def test_mcnemar_exact_hand_case():
+    # 1 pair a-right/b-wrong, 8 pairs a-wrong/b-right, the rest agree.
+    a = [1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0]
+    b = [0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]
+    assert mcnemar_exact(a, b) == pytest.approx(stats.binomtest(8, 9, 0.5).pvalue)
+    assert mcnemar_exact(a, b) == pytest.approx(20 / 512)  # 2 * (C(9,0) + C(9,1)) / 2**9
+    assert mcnemar_exact([1, 0], [1, 0]) == 1.0
+
+
+def test_benjamini_hochberg():
+    p = [0.01, 0.04, 0.03, float("nan"), 0.5]
+    q = benjamini_hochberg(p)
+    assert math.isnan(q[3])
+    # By hand: sorted p .01 .03 .04 .5 (m = 4) -> .04, .06, .0533, .5 -> running minimum from the top.
+    assert q[:3] + q[4:] == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
