@@ -743,6 +743,8 @@ CONFIG_TABLE: tuple[tuple[str, str], ...] = (
     ("max_steps", "max optimizer steps"),
     ("per_device_train_batch_size", "completions per device micro-batch"),
     ("gradient_accumulation_steps", "gradient accumulation steps"),
+    ("steps_per_generation", "micro-batches per generation batch (3 × accumulation: 3 updates)"),
+    ("disable_dropout", "dropout off everywhere (official)"),
     ("lora_r", "LoRA rank"),
     ("lora_alpha", "LoRA alpha"),
     ("lora_dropout", "LoRA dropout"),

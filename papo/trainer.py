@@ -13,11 +13,14 @@ This file is the only place that touches TRL internals. It wraps (never copies) 
   branch is re-run with gradient inside the loss.
 * `_get_per_token_logps_and_entropies` — a pass-through that hands the training forward's per-token
   log-probs (with gradient) to `compute_loss`, so PAPO needs no third forward pass.
-* `compute_loss` (public) — TRL's loss, plus the PAPO terms from `papo.loss`:
+* `compute_loss` (public) — TRL's loss with TRL's reference KL switched off (`beta` is 0 for that call),
+  plus the official reference KL ``+ β·agg(k3_clamped(ref − logp))`` (`papo.loss.reference_kl`: no
+  importance weighting, k3 clamped like verl's `low_var_kl`) and the PAPO terms from `papo.loss`:
   ``− γ·agg(w·KL_prcp) + d·(η1·H[π_θ] + η2·H[π_mask])``, aggregated like TRL's `loss_type`
   (`bnpo` = the official token-mean) and scaled for gradient accumulation like TRL's own loss.
 
-Everything else — generation, rewards, advantages, clipping, the reference KL, PEFT, logging,
+Dynamic sampling (DAPO) also lives here (`_dynamic_sampling`, official rules, any number of processes).
+Everything else — generation, rewards, advantages, clipping, the reference log-probs, PEFT, logging,
 checkpoints, `push_to_hub` — is TRL's, including vLLM rollouts (`use_vllm`). With vLLM the masked-image
 log-probs still come from the training model; `vllm_checks` (on by default) wraps the trainer's own
 `vllm_generation` object to check, with `papo.vllm_check`, that vLLM ran every rollout on the prompt the
@@ -54,6 +57,8 @@ from papo.vllm_check import (
 )
 
 logger = logging.getLogger(__name__)
+
+_REFILL_STATE = "papo_dynamic_sampling.json"  # in each checkpoint: where the refill pass stands
 
 # loss types whose normaliser already covers gradient accumulation (TRL divides the others by it)
 _GLOBAL_NORMALISED = ("dapo", "cispo", "vespo")
@@ -104,7 +109,17 @@ class PAPOConfig(GRPOConfig):
         metadata={"help": "DAPO: drop groups whose accuracy is all 0 or all 1 and refill the batch."},
     )
     dynamic_sampling_max_tries: int = field(
-        default=20, metadata={"help": "refill attempts per generation batch (official max_try_make_batch)."}
+        default=20,
+        metadata={
+            "help": "generation draws per batch, the first included (official max_try_make_batch); 0 = no limit."
+        },
+    )
+    dynamic_sampling_on_exhaust: str = field(
+        default="raise",
+        metadata={
+            "help": "when the draws run out before the batch is full: raise (official) | top_up (fill with "
+            "uninformative groups and warn)."
+        },
     )
     perception_kl_coef: float = field(
         default=0.02,
@@ -205,6 +220,10 @@ class PAPOConfig(GRPOConfig):
             discount_rule=self.perception_kl_discount,
         )
         apply_mode_weights(self.perception_kl_apply_mode, torch.ones(1), self.perception_kl_incorrect_weight)
+        if self.dynamic_sampling_on_exhaust not in ("raise", "top_up"):
+            raise ValueError(
+                f"dynamic_sampling_on_exhaust must be 'raise' or 'top_up', got {self.dynamic_sampling_on_exhaust!r}"
+            )
         if self.collapse_guard not in COLLAPSE_ACTIONS:
             raise ValueError(f"collapse_guard must be one of {COLLAPSE_ACTIONS}, got {self.collapse_guard!r}")
         if self.entropy_estimator not in ("sampled", "full"):
@@ -250,6 +269,11 @@ class PAPOTrainer(GRPOTrainer):
         if dropout:
             _warn_dropout_once(dropout, self.args.perception_loss)
         self._papo_rewards: torch.Tensor | None = None
+        self._papo_global_accuracy: torch.Tensor | None = None  # every rank's rows, last generation
+        self._refill_order: list[int] = []  # dynamic sampling's own pass over the training set
+        self._refill_cursor = 0
+        self._refill_epoch = 0
+        self.dynamic_sampling_kept: list[list[tuple[int, int]]] = []  # per batch: (draw, group) kept
         self.collapse_guard = CollapseGuard(
             self.args.collapse_guard if self.args.perception_loss else "off",
             window=self.args.collapse_window,
@@ -278,6 +302,10 @@ class PAPOTrainer(GRPOTrainer):
             super()._save_checkpoint(model, trial)
         finally:
             del self._get_output_dir
+        if self.args.should_save and self.args.dynamic_sampling:
+            state = {"refill_epoch": self._refill_epoch, "refill_cursor": self._refill_cursor}
+            with open(os.path.join(staging_root, name, _REFILL_STATE), "w") as f:
+                json.dump(state, f)
         self.accelerator.wait_for_everyone()
         if not self.args.should_save:
             return
@@ -294,6 +322,28 @@ class PAPOTrainer(GRPOTrainer):
             save_total_limit=self.args.save_total_limit,
             best_model_checkpoint=self.state.best_model_checkpoint,
         )
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """Trainer.train, plus restoring dynamic sampling's refill position from the checkpoint."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, str | os.PathLike):
+            self._load_refill_state(checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_refill_state(self, checkpoint) -> None:
+        path = os.path.join(checkpoint, _REFILL_STATE)
+        if not os.path.isfile(path):
+            return
+        with open(path) as f:
+            state = json.load(f)
+        if state["refill_epoch"] > 0:  # rebuild the pass in progress (seeded), then continue where it stood
+            self._refill_epoch = state["refill_epoch"] - 1
+            self._start_refill_epoch()
+            self._refill_cursor = state["refill_cursor"]
 
     # --- wrapped TRL method 1: generation ------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -363,63 +413,116 @@ class PAPOTrainer(GRPOTrainer):
             ]
 
     def _dynamic_sampling(self, output: dict[str, Any]) -> dict[str, Any]:
-        """DAPO's dynamic sampling: keep groups with 0 < mean accuracy < 1, refill from the dataset.
+        """DAPO's dynamic sampling with the official rules (EasyR1 ``_make_batch_data``, ``online_filtering``).
 
-        Groups whose rollouts are all right or all wrong have zero advantage and teach nothing. Like
-        the official `online_filtering` (accuracy in (0.01, 0.99), `max_try_make_batch`), we draw
-        replacement prompts and generate again until the batch is full; if the tries run out the
-        batch is topped up with filtered groups and a warning is logged (the official code raises).
-        One process only for now: a group's rollouts may sit on several ranks.
+        A *draw* is one generation batch (all processes together; the first is TRL's). In each draw the
+        groups whose mean accuracy is in (0.01, 0.99) are kept; if **no** group of a draw survives, the
+        whole draw is kept (official). Kept groups are appended in draw order until the batch has as many
+        groups as one draw, then truncated to that size. Refill draws take prompts without replacement
+        within an epoch of their own pass over the training set (as a dataloader would). After
+        ``dynamic_sampling_max_tries`` draws (the first included) without filling the batch it raises
+        (official), or, with ``dynamic_sampling_on_exhaust: top_up``, fills it with the dropped groups
+        and warns.
+
+        Several processes: the rewards are gathered over all ranks, so every rank takes the same keep
+        decision on the same global groups; a group is never split across draws; each rank then gets its
+        slice of the final global batch (rows another rank generated are sent with ``gather_object``).
         """
-        if self.accelerator.num_processes > 1:
-            raise NotImplementedError(
-                "dynamic_sampling runs on one process for now; set dynamic_sampling: false"
-            )
+        args = self.args
         group = self.num_generations
-        needed = output["completion_ids"].size(0) // group
-        # per-sample pixel values / grids (TRL's helper), so rows can be selected like any other key
-        first = split_pixel_values_by_grid(output)
-        informative, dropped = [], []
-        tries = 0
-        current = first
+        nproc, rank = self.accelerator.num_processes, self.accelerator.process_index
+        local_rows = output["completion_ids"].size(0)
+        if (local_rows * nproc) % group:
+            raise ValueError("dynamic_sampling needs whole groups in each generation batch")
+        needed = local_rows * nproc // group  # groups in one global draw
+        draws: list[dict[str, Any]] = []
+        kept: list[tuple[int, int]] = []
+        dropped: list[tuple[int, int]] = []
+        current = output
         while True:
-            accuracy = current["papo_accuracy"].view(-1, group).mean(1)
+            draws.append(split_pixel_values_by_grid(current))
+            accuracy = self._papo_global_accuracy.view(-1, group).mean(1)
             keep = (accuracy > 0.01) & (accuracy < 0.99)
-            informative += [(current, g) for g in keep.nonzero().flatten().tolist()]
-            dropped += [(current, g) for g in (~keep).nonzero().flatten().tolist()]
-            if len(informative) >= needed or tries >= self.args.dynamic_sampling_max_tries:
+            if not keep.any():
+                keep = torch.ones_like(keep)  # official: no group survives -> keep the whole draw
+            draw = len(draws) - 1
+            kept += [(draw, g) for g in keep.nonzero().flatten().tolist()]
+            dropped += [(draw, g) for g in (~keep).nonzero().flatten().tolist()]
+            if len(kept) >= needed:
                 break
-            tries += 1
-            current = split_pixel_values_by_grid(
-                self._generate_once(self._refill_rows(needed - len(informative), tries))
-            )
-        mode = "train"
-        self._metrics[mode]["dynamic_sampling/tries"].append(float(tries))
-        self._metrics[mode]["dynamic_sampling/informative_groups"].append(float(len(informative)))
-        if len(informative) < needed:
-            logger.warning(
-                "dynamic sampling: only %d/%d informative groups after %d tries; topping up with uninformative ones",
-                len(informative),
-                needed,
-                tries,
-            )
-        chosen = (informative + dropped)[:needed]
-        rows = [(piece, g * group + i) for piece, g in chosen for i in range(group)]
-        merged = _gather_rows(rows, pad_token_id=self._pad_token_id)
-        merged["num_items_in_batch"] = merged["completion_mask"].sum().to(output["num_items_in_batch"].dtype)
+            if 0 < args.dynamic_sampling_max_tries <= len(draws):
+                if args.dynamic_sampling_on_exhaust == "raise":
+                    raise DynamicSamplingExhausted(
+                        f"dynamic sampling: {len(kept)}/{needed} groups after {len(draws)} draws "
+                        f"(dynamic_sampling_max_tries={args.dynamic_sampling_max_tries}); too few prompts are "
+                        "neither always solved nor never solved. Check the data and rewards, raise "
+                        "dynamic_sampling_max_tries, or set dynamic_sampling_on_exhaust: top_up."
+                    )
+                logger.warning(
+                    "dynamic sampling: only %d/%d informative groups after %d draws; topping up with "
+                    "uninformative ones",
+                    len(kept),
+                    needed,
+                    len(draws),
+                )
+                kept += dropped[: needed - len(kept)]
+                break
+            prompts = self._next_refill_prompts(needed)
+            rows = [prompt for prompt in prompts for _ in range(group)]
+            current = self._generate_once(rows[rank * local_rows : (rank + 1) * local_rows])
+
+        chosen = kept[:needed]
+        self.dynamic_sampling_kept.append(chosen)
+        self._metrics["train"]["dynamic_sampling/draws"].append(float(len(draws)))
+        self._metrics["train"]["dynamic_sampling/kept_groups"].append(
+            float(sum(1 for d, g in chosen if (d, g) not in dropped))
+        )
+        final = [(d, g * group + i) for d, g in chosen for i in range(group)]  # global rows
+        mine = final[rank * local_rows : (rank + 1) * local_rows]
+        device = output["completion_ids"].device
+        if nproc == 1:
+            pieces = [(draws[d], r) for d, r in mine]
+        else:
+            from accelerate.utils import gather_object
+
+            held = {
+                (d, r): _row_piece(draws[d], r - rank * local_rows, "cpu")
+                for d, r in final
+                if r // local_rows == rank
+            }
+            everything: dict = {}
+            for part in gather_object([held]):
+                everything.update(part)
+            pieces = [(_to_device(everything[(d, r)], device), 0) for d, r in mine]
+        merged = _gather_rows(pieces, pad_token_id=self._pad_token_id)
+        tokens = merged["completion_mask"].sum().to(output["num_items_in_batch"].dtype)
+        merged["num_items_in_batch"] = self.accelerator.reduce(tokens, reduction="sum")  # global, like TRL's
         return unsplit_pixel_values_by_grid(merged)
 
     @property
     def _pad_token_id(self) -> int:
         return getattr(self.processing_class, "tokenizer", self.processing_class).pad_token_id
 
-    def _refill_rows(self, groups: int, attempt: int) -> list[dict[str, Any]]:
-        """`groups` fresh prompts drawn (seeded) from the training set, each repeated G times."""
-        generator = torch.Generator().manual_seed(
-            self.args.seed * 1_000_003 + self.state.global_step * 101 + attempt
-        )
-        indices = torch.randint(len(self.train_dataset), (groups,), generator=generator).tolist()
-        return [self.train_dataset[i] for i in indices for _ in range(self.num_generations)]
+    def _next_refill_prompts(self, count: int) -> list[dict[str, Any]]:
+        """`count` training prompts for a refill draw, the same on every rank: a seeded pass over the
+        training set without replacement, reshuffled at the end of each of its epochs."""
+        return [self.train_dataset[i] for i in self._next_refill_indices(count)]
+
+    def _next_refill_indices(self, count: int) -> list[int]:
+        indices = []
+        for _ in range(count):
+            if self._refill_cursor >= len(self._refill_order):
+                self._start_refill_epoch()
+            indices.append(self._refill_order[self._refill_cursor])
+            self._refill_cursor += 1
+        return indices
+
+    def _start_refill_epoch(self) -> None:
+        """The next pass's order: a permutation seeded by (trainer seed, pass number)."""
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + 7_919 * self._refill_epoch + 1)
+        self._refill_order = torch.randperm(len(self.train_dataset), generator=generator).tolist()
+        self._refill_epoch += 1
+        self._refill_cursor = 0
 
     # --- vLLM rollouts: TRL's integration, checked at its boundary -------------------------------
     def _install_vllm_checks(self) -> None:
@@ -692,10 +795,11 @@ class PAPOTrainer(GRPOTrainer):
                 f"dynamic_sampling / perception_kl_apply_mode={self.args.perception_kl_apply_mode!r} need a reward "
                 f"function named {name!r} (perception_kl_accuracy_reward); the reward functions are {names}"
             )
-        start = self.accelerator.process_index * batch_size
-        accuracy = self._papo_rewards[start : start + batch_size, names.index(name)]
+        everyone = torch.nan_to_num(self._papo_rewards[:, names.index(name)], nan=0.0).to(device)
         self._papo_rewards = None
-        return torch.nan_to_num(accuracy, nan=0.0).to(device)
+        self._papo_global_accuracy = everyone  # TRL gathers the rewards of all ranks, in rank order
+        start = self.accelerator.process_index * batch_size
+        return everyone[start : start + batch_size]
 
 
 _DROPOUT_WARNED = False
@@ -759,6 +863,32 @@ def _set_rng(device: torch.device, rng: tuple) -> None:
     torch.set_rng_state(rng[0])
     if rng[1] is not None:
         torch.get_device_module(device.type).set_rng_state(rng[1], device)
+
+
+class DynamicSamplingExhausted(RuntimeError):
+    """Dynamic sampling could not fill a batch with informative groups within its draws (official: raise)."""
+
+
+def _row_piece(batch: dict[str, Any], i: int, device) -> dict[str, Any]:
+    """Row `i` of a per-sample batch (pixel values split by sample) as a one-row batch on `device`."""
+    piece = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            if value.ndim:
+                piece[key] = value[i : i + 1].to(device)
+        elif isinstance(value, list):
+            item = value[i]
+            piece[key] = [item.to(device) if isinstance(item, torch.Tensor) else item]
+    return piece
+
+
+def _to_device(piece: dict[str, Any], device) -> dict[str, Any]:
+    return {
+        key: value.to(device)
+        if isinstance(value, torch.Tensor)
+        else [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
+        for key, value in piece.items()
+    }
 
 
 def _merged_fingerprint(layer) -> tuple[float, float]:

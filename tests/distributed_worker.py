@@ -5,7 +5,13 @@ papo's PAPOTrainer (test-only instrumentation; the training itself is the unmodi
 
 * `_add_masked_logps`: for every rollout on this rank, a digest of the prompt (text + original image
   bytes) and of the masked pixel values that the masked forward actually received, per generation round;
-* `log`: every dict of metrics this rank logs.
+* `log`: every dict of metrics this rank logs;
+* `_dynamic_sampling` (DAPO/PAPO-D): a digest (prompt token ids + original pixels) of every row of the
+  batch it returns, per generation round.
+
+`PAPO_TEST_SCRIPTED_ACCURACY=1` replaces the accuracy reward by one that depends only on the prompt and
+the rollout's position (so 1- and 2-process runs take the same keep decisions): by a hash of the prompt
+text, a group is all wrong, all right, or half right (alternating, so whole groups split evenly over ranks).
 
 At exit it writes `<PAPO_TEST_RECORD_DIR>/rank<R>.json` = {"rank", "world_size", "distributed_type",
 "wrapped" (the class wrapping the model), "zero_stage", "rollouts", "logs"}.
@@ -32,6 +38,7 @@ RECORD_DIR = Path(os.environ["PAPO_TEST_RECORD_DIR"])
 RANK = int(os.environ.get("RANK", "0"))
 
 rollouts: list[dict] = []
+kept_rows: list[dict] = []
 logs: list[dict] = []
 engine: dict = {}
 
@@ -94,6 +101,32 @@ def recording_add_masked_logps(self, inputs, output):
         )
 
 
+_dynamic_sampling = papo.trainer.PAPOTrainer._dynamic_sampling
+
+
+def recording_dynamic_sampling(self, output):
+    result = _dynamic_sampling(self, output)
+    per_row = _per_row(result["pixel_values"], result["image_grid_thw"], result["num_images"])
+    for ids, mask, pixels in zip(result["prompt_ids"], result["prompt_mask"], per_row, strict=True):
+        kept_rows.append(
+            {"step": self.state.global_step, "row": _digest(ids[mask.bool()].numpy().tobytes(), pixels)}
+        )
+    return result
+
+
+def scripted_accuracy_reward(completions, prompts, **kwargs):
+    scores = []
+    for i, prompt in enumerate(prompts):
+        # text parts only: TRL puts the PIL images into the prompt, whose repr holds a memory address
+        text = [part.get("text") for turn in prompt for part in turn["content"] if isinstance(part, dict)]
+        kind = int(_digest(json.dumps(text).encode()), 16) % 3
+        scores.append(float(i % 2) if kind == 2 else float(kind))
+    return scores
+
+
+scripted_accuracy_reward.__name__ = "accuracy_reward"
+
+
 def recording_log(self, logs_dict, *args, **kwargs):
     result = _log(self, logs_dict, *args, **kwargs)  # TRL adds its (cross-rank) metrics to logs_dict in place
     logs.append({"step": self.state.global_step, **logs_dict})
@@ -106,6 +139,15 @@ if __name__ == "__main__":
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     papo.trainer.PAPOTrainer._add_masked_logps = recording_add_masked_logps
     papo.trainer.PAPOTrainer.log = recording_log
+    papo.trainer.PAPOTrainer._dynamic_sampling = recording_dynamic_sampling
+    if os.environ.get("PAPO_TEST_SCRIPTED_ACCURACY") == "1":
+        import papo.rewards
+
+        make_reward_funcs = papo.rewards.make_reward_funcs
+        papo.rewards.make_reward_funcs = lambda *a, **k: [
+            scripted_accuracy_reward,
+            make_reward_funcs(*a, **k)[1],
+        ]
     code = main(["train", *sys.argv[1:]])
     RECORD_DIR.mkdir(parents=True, exist_ok=True)
     record = {
@@ -113,6 +155,7 @@ if __name__ == "__main__":
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         **engine,
         "rollouts": rollouts,
+        "kept_rows": kept_rows,
     }
     (RECORD_DIR / f"rank{RANK}.json").write_text(json.dumps({**record, "logs": logs}, default=str))
     sys.exit(code)

@@ -78,10 +78,19 @@ def dataset_dir(tmp_path_factory) -> str:
     return str(root)
 
 
-def launch(config: str, workdir: Path, model_dir: str, dataset_dir: str, env: dict | None = None):
-    """`accelerate launch --config_file <config> --num_processes 2 worker.py <papo train flags>`.
+def launch(
+    config: str,
+    workdir: Path,
+    model_dir: str,
+    dataset_dir: str,
+    env: dict | None = None,
+    flags: dict | None = None,
+    processes: int = 2,
+):
+    """`accelerate launch --config_file <config> --num_processes 2 worker.py <papo train flags>`
+    (`processes=1`: the worker alone, no launcher). `flags` override the default train flags.
 
-    Returns (the two ranks' records, the run's output_dir).
+    Returns (the ranks' records, the run's output_dir).
     """
     record_dir = workdir / "records"
     output_dir = workdir / "run"
@@ -101,9 +110,9 @@ def launch(config: str, workdir: Path, model_dir: str, dataset_dir: str, env: di
         "save_strategy": "steps",
         "save_steps": 1,  # a checkpoint per step, written by both ranks (each its own RNG state)
         "output_dir": output_dir,
+        **(flags or {}),
     }
-    command = [
-        sys.executable,
+    launcher = [
         "-m",
         "accelerate.commands.launch",
         "--config_file",
@@ -112,13 +121,19 @@ def launch(config: str, workdir: Path, model_dir: str, dataset_dir: str, env: di
         "2",
         "--main_process_port",
         "0",
+    ]
+    command = [
+        sys.executable,
+        *(launcher if processes == 2 else []),
         str(WORKER),
         *[word for key, value in train_flags.items() for word in (f"--{key}", str(value))],
     ]
     run_env = {**os.environ, "PAPO_TEST_RECORD_DIR": str(record_dir), "OMP_NUM_THREADS": "1", **(env or {})}
     done = subprocess.run(command, cwd=workdir, env=run_env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{config} launch failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    return [json.loads((record_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)], output_dir
+    return [
+        json.loads((record_dir / f"rank{rank}.json").read_text()) for rank in range(processes)
+    ], output_dir
 
 
 def check_two_rank_run(records: list[dict], output_dir: Path) -> None:
@@ -192,6 +207,53 @@ def test_two_processes_deepspeed_match_ddp(config, stage, ddp_run, tmp_path, tin
     assert adapter.keys() == ddp_adapter.keys()
     for name, tensor in adapter.items():
         torch.testing.assert_close(tensor, ddp_adapter[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+DAPO_FLAGS = {  # PAPO-D's algorithm at tiny sizes: 3 groups per draw, the middle one split over the ranks
+    "beta": 0.0,
+    "epsilon_high": 0.28,
+    "dynamic_sampling": "true",
+    "perception_kl_coef": 0.01,
+    "entropy_original_coef": 0.03,
+    "entropy_masked_coef": 0.03,
+    "save_strategy": "no",
+    "max_steps": 3,
+}
+
+
+def kept_groups(records: list[dict]) -> dict[int, list[tuple[str, ...]]]:
+    """step -> the batch's groups (G row digests each), in global row order (rank 0's rows first)."""
+    rows: dict[int, list[str]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: r["rank"]):
+        for row in record["kept_rows"]:
+            rows[row["step"]].append(row["row"])
+    return {step: [tuple(r[i : i + G]) for i in range(0, len(r), G)] for step, r in rows.items()}
+
+
+def test_two_processes_dynamic_sampling_keeps_the_same_groups_as_one(tmp_path, tiny_model_dirs, dataset_dir):
+    """PAPO-D (DAPO's dynamic sampling) with 2 processes keeps exactly the groups a 1-process run keeps:
+    the keep decision is taken on the gathered rewards, refills are drawn alike on every rank, groups stay
+    whole, and each rank trains on its slice of the same global batch."""
+    env = {"PAPO_TEST_SCRIPTED_ACCURACY": "1"}
+    model, two_dir, one_dir = tiny_model_dirs["qwen2_5_vl"], tmp_path / "two", tmp_path / "one"
+    two_dir.mkdir()
+    one_dir.mkdir()
+    two, _ = launch(
+        "ddp.yaml", two_dir, model, dataset_dir, env, {**DAPO_FLAGS, "per_device_train_batch_size": 6}
+    )
+    one, _ = launch(
+        "ddp.yaml", one_dir, model, dataset_dir, env, {**DAPO_FLAGS, "per_device_train_batch_size": 12}, 1
+    )
+    groups = kept_groups(two)
+    assert groups == kept_groups(one)
+    assert sorted(groups) == [0, 1, 2] and all(len(step) == 3 for step in groups.values())
+    for step in groups.values():
+        for group in step:
+            assert len(set(group)) == 1  # a group's G rows: one prompt and image
+    draws = [log["dynamic_sampling/draws"] for log in one[0]["logs"] if "dynamic_sampling/draws" in log]
+    assert max(draws) > 1, "no refill happened: the test would not exercise the cross-rank path"
+    two_draws = [log["dynamic_sampling/draws"] for log in two[0]["logs"] if "dynamic_sampling/draws" in log]
+    assert two_draws == draws
 
 
 @pytest.mark.parametrize("name", ["ddp.yaml", "zero2.yaml", "zero3.yaml"])

@@ -302,12 +302,9 @@ def test_gather_rows_rebuilds_the_batch(tmp_path, tiny_model_dirs, train_dataset
             assert rebuilt[key] == value, key
 
 
-def test_dynamic_sampling_refills_with_informative_groups(tmp_path, tiny_model_dirs, train_dataset):
-    # first batch: every group all wrong (uninformative); refills: half of each group right
-    accuracy, calls = _scripted_accuracy(
-        lambda k, n: [0.0] * n if k == 1 else [float(i % 2) for i in range(n)]
-    )
-    args = _config(tmp_path, dynamic_sampling=True, perception_kl_coef=0.01)
+def _dapo_trainer(tmp_path, tiny_model_dirs, train_dataset, script, **overrides):
+    accuracy, calls = _scripted_accuracy(script)
+    args = _config(tmp_path, dynamic_sampling=True, perception_kl_coef=0.01, **overrides)
     trainer = _trainer(
         PAPOTrainer,
         tiny_model_dirs["qwen2_5_vl"],
@@ -316,33 +313,82 @@ def test_dynamic_sampling_refills_with_informative_groups(tmp_path, tiny_model_d
         reward_funcs=[accuracy, _format_reward],
     )
     trainer.model.train()
+    return trainer, calls
+
+
+def _half_right(n):
+    return [float(i % 2) for i in range(n)]
+
+
+def test_dynamic_sampling_refills_with_informative_groups(tmp_path, tiny_model_dirs, train_dataset):
+    # draw 1: group 0 informative, group 1 all wrong; draw 2: both informative -> keep (1, 0) and (2, 0)
+    def script(k, n):
+        return _half_right(n // 2) + [0.0] * (n // 2) if k == 1 else _half_right(n)
+
+    trainer, calls = _dapo_trainer(tmp_path, tiny_model_dirs, train_dataset, script)
     output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
-    assert len(calls) == 2  # one refill
+    assert len(calls) == 2  # one refill draw, of a whole generation batch (official fixed-size draws)
+    assert trainer.dynamic_sampling_kept == [[(0, 0), (1, 0)]]  # draw order, truncated to one batch
     assert output["completion_ids"].size(0) == 2 * G
     assert torch.equal(output["papo_accuracy"].view(-1, G).mean(1), torch.full((2,), 0.5))
     assert output["image_grid_thw"].size(0) == sum(output["num_images"])
     assert output["pixel_values"].size(0) == int(output["image_grid_thw"].prod(-1).sum())
     assert int(output["num_items_in_batch"]) == int(output["completion_mask"].sum())
-    assert trainer._metrics["train"]["dynamic_sampling/tries"] == [1.0]
+    assert trainer._metrics["train"]["dynamic_sampling/draws"] == [2.0]
     assert output["masked_per_token_logps"].shape == output["completion_ids"].shape
     loss, _ = _loss_and_grads(trainer, output)
     assert torch.isfinite(loss)
 
 
-def test_dynamic_sampling_gives_up_after_max_tries(tmp_path, tiny_model_dirs, train_dataset, caplog):
-    accuracy, calls = _scripted_accuracy(lambda k, n: [0.0] * n)
-    args = _config(tmp_path, dynamic_sampling=True, dynamic_sampling_max_tries=2)
-    trainer = _trainer(
-        PAPOTrainer,
-        tiny_model_dirs["qwen2_5_vl"],
-        train_dataset,
-        args,
-        reward_funcs=[accuracy, _format_reward],
-    )
-    trainer.model.train()
+def test_dynamic_sampling_keeps_a_draw_where_no_group_survives(tmp_path, tiny_model_dirs, train_dataset):
+    """Official rule: if every group of a draw is all right or all wrong, the whole draw is kept."""
+    trainer, calls = _dapo_trainer(tmp_path, tiny_model_dirs, train_dataset, lambda k, n: [0.0] * n)
     output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
-    assert len(calls) == 3 and output["completion_ids"].size(0) == 2 * G
-    assert "only 0/2 informative groups after 2 tries" in caplog.text
+    assert len(calls) == 1 and trainer.dynamic_sampling_kept == [[(0, 0), (0, 1)]]
+    assert output["completion_ids"].size(0) == 2 * G
+
+
+def _one_group_informative(k, n):
+    return _half_right(n // 2) + [1.0] * (n // 2)
+
+
+def test_dynamic_sampling_raises_after_max_tries(tmp_path, tiny_model_dirs, train_dataset):
+    from papo.trainer import DynamicSamplingExhausted
+
+    trainer, calls = _dapo_trainer(
+        tmp_path, tiny_model_dirs, train_dataset, _one_group_informative, dynamic_sampling_max_tries=1
+    )
+    with pytest.raises(DynamicSamplingExhausted, match="1/2 groups after 1 draws"):
+        trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    assert len(calls) == 1
+
+
+def test_dynamic_sampling_top_up_option(tmp_path, tiny_model_dirs, train_dataset, caplog):
+    trainer, calls = _dapo_trainer(
+        tmp_path,
+        tiny_model_dirs,
+        train_dataset,
+        _one_group_informative,
+        dynamic_sampling_max_tries=1,
+        dynamic_sampling_on_exhaust="top_up",
+    )
+    output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    assert len(calls) == 1 and output["completion_ids"].size(0) == 2 * G
+    assert trainer.dynamic_sampling_kept == [[(0, 0), (0, 1)]]
+    assert "only 1/2 informative groups after 1 draws" in caplog.text
+
+
+def test_dynamic_sampling_refills_without_replacement(tmp_path, tiny_model_dirs, train_dataset):
+    trainer, _ = _dapo_trainer(tmp_path, tiny_model_dirs, train_dataset, lambda k, n: [0.0] * n)
+    trainer.train_dataset = [{"id": i} for i in range(16)]  # only its length and rows are used
+
+    def drawn(count):
+        return [row["id"] for row in trainer._next_refill_prompts(count)]
+
+    epoch = drawn(5) + drawn(5) + drawn(6)
+    assert sorted(epoch) == list(range(16))  # one pass: every prompt once
+    second = drawn(16)
+    assert sorted(second) == list(range(16)) and second != epoch  # reshuffled for the next pass
 
 
 # The four algorithms of the presets (spec §3), at tiny sizes.
@@ -387,7 +433,7 @@ def test_each_algorithm_trains_the_adapter(tmp_path, tiny_model_dirs, train_data
     assert any(not torch.equal(before[n], after[n]) for n in before)
     logged = {k for log in trainer.state.log_history for k in log}
     assert ("perception_kl" in logged) == ALGORITHMS[algorithm]["perception_loss"]
-    assert ("dynamic_sampling/tries" in logged) == ALGORITHMS[algorithm].get("dynamic_sampling", False)
+    assert ("dynamic_sampling/draws" in logged) == ALGORITHMS[algorithm].get("dynamic_sampling", False)
 
 
 def test_micro_batch_smaller_than_group_trains(tmp_path, tiny_model_dirs, train_dataset):
@@ -427,3 +473,26 @@ def test_entropy_estimators_and_accumulation_scaling(tmp_path, tiny_model_dirs, 
     trainer.model.zero_grad()
     scaled = trainer.compute_loss(trainer.model, inputs).detach()
     torch.testing.assert_close(scaled, full / 4)
+
+
+def test_dynamic_sampling_refill_position_survives_a_resume(tmp_path, tiny_model_dirs, train_dataset):
+    """The refill pass's position is saved with each checkpoint and restored by train(resume_from_checkpoint)."""
+
+    def script(k, n):  # draw 1: one informative group of two -> one refill draw
+        return _one_group_informative(k, n) if k == 1 else _half_right(n)
+
+    save = dict(max_steps=1, save_strategy="steps", save_steps=1, per_device_train_batch_size=2 * G)
+    trainer, calls = _dapo_trainer(tmp_path, tiny_model_dirs, train_dataset, script, **save)
+    trainer.train()
+    assert len(calls) == 2 and (trainer._refill_epoch, trainer._refill_cursor) == (1, 2)
+    checkpoint = tmp_path / "checkpoint-1"
+    state = json.loads((checkpoint / "papo_dynamic_sampling.json").read_text())
+    assert state == {"refill_epoch": 1, "refill_cursor": 2}
+    expected = trainer._next_refill_indices(20)  # crosses into the next pass
+
+    resumed, _ = _dapo_trainer(
+        tmp_path, tiny_model_dirs, train_dataset, script, **dict(save, max_steps=2, save_strategy="no")
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))  # step 2: one more refill draw of 2 prompts
+    assert (resumed._refill_epoch, resumed._refill_cursor) == (1, 4)  # continued from (1, 2)
+    assert resumed._next_refill_indices(18) == expected[2:]

@@ -114,3 +114,16 @@ def test_prepare_inputs_carries_extra_batch_first_keys():
         assert int(shuffled["masked_pixel_values"][i]) == j
     halves = split_tensor_dict(shuffled, 2)
     assert len(halves[0]["masked_pixel_values"]) == 2 and halves[1]["masked_per_token_logps"].shape == (2, 2)
+
+
+def test_reference_kl_switch_we_rely_on():
+    """PAPOTrainer computes the official reference KL itself: it sets `self.beta = 0` while TRL's loss runs
+    (TRL's reference term is gated on it) and reads the reference log-probs TRL computed at generation
+    (also gated on `self.beta`, which is restored by then)."""
+    loss_source = inspect.getsource(GRPOTrainer._compute_loss)
+    assert loss_source.count("if self.beta != 0.0:") >= 2, (
+        "TRL's reference KL is no longer gated on self.beta"
+    )
+    assert "self.beta * per_token_kl" in loss_source
+    generation = inspect.getsource(GRPOTrainer._generate_and_score_completions)
+    assert "if self.beta != 0.0:" in generation and '"ref_per_token_logps"' in generation
