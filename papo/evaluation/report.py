@@ -64,6 +64,7 @@ BENCHMARK_ALIASES: dict[str, str] = {
     "MMK12": "MMK12",
     "PAPO_MMK12": "MMK12",
     "FanqingM_MMK12": "MMK12",
+    "PAPO_MMK12_test": "MMK12",
     "AI4Math_MathVerse": "MathVerse",
     # Vision-dependent
     "lscpku_LogicVista": "LogicVista",
@@ -75,6 +76,7 @@ BENCHMARK_ALIASES: dict[str, str] = {
     "AI4Math_MathVerse_vision_dependent": "MathVerse_V",
     "MathVerse_vision_dependent": "MathVerse_V",
     "MathVerse-V": "MathVerse_V",
+    "AI4Math_MathVerse_vision": "MathVerse_V",
 }
 
 _UP, _DOWN, _FLAT = "↑", "↓", "±"

@@ -204,24 +204,38 @@ def run_eval(
     compare: str | os.PathLike | None = None,
     dtype: str = "auto",
     device: str | None = None,
+    benchmarks: list[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate one model on every source; write predictions, results.json, results.md (+ plot)."""
     import json
 
-    from papo.evaluation.data import load_eval_set
+    from papo.evaluation.data import load_eval_sets
     from papo.evaluation.report import canonical_name, summarize, write_report
 
     output_dir = Path(output_dir)
+    # Load (and check) every eval set before the model: a bad path fails in seconds, not after a download.
+    eval_sets = [
+        (canonical_name(raw_name), dataset)
+        for source in sources
+        for raw_name, dataset in load_eval_sets(
+            source, split, image_dir, benchmarks=benchmarks, cache_dir=cache_dir
+        )
+    ]
     model, processor = load_model_and_adapter(model_id, adapter, dtype=dtype, device=device)
     label = label or Path(str(adapter or model_id).rstrip("/")).name
     summaries: dict[str, dict[str, Any]] = {}
-    for source in sources:
-        raw_name, dataset = load_eval_set(source, split, image_dir)
-        name = canonical_name(raw_name)
-        print(f"Evaluating {label} on {name} ({len(dataset)} questions, k={config.samples_per_question})")
+    for name, dataset in eval_sets:
+        if name in summaries:
+            raise ValueError(f"two --data sources are both the benchmark {name!r}; pass each benchmark once")
+        shown = len(dataset) if config.max_questions is None else min(config.max_questions, len(dataset))
+        of_total = f" of {len(dataset)}" if shown < len(dataset) else ""
+        print(f"Evaluating {label} on {name}: {shown}{of_total} questions, k={config.samples_per_question}")
         predictions, summary = evaluate_benchmark(model, processor, dataset, name, config)
         write_predictions(predictions, output_dir / "predictions" / f"{name}.parquet")
         summaries[name] = summary
+        skipped = f", {summary['skipped_rows']} invalid rows skipped" if summary["skipped_rows"] else ""
+        print(f"{label} on {name}: {summary['accuracy']:.2f}% over {summary['n']} questions{skipped}")
     runs = {label: {name: s["accuracy"] for name, s in summaries.items()}}
     baseline = None
     if compare is not None:
