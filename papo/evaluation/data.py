@@ -8,7 +8,7 @@ same prompt builder, checks and grader serve training and evaluation.
   split at ``data/<split>-00000-of-00001.parquet`` with columns ``messages`` (ShareGPT: the user turn holds
   ``<image>``, the question and the instruction; the assistant turn the gold answer), ``images`` (relative
   path strings such as ``./data/images/<folder>/<file>.png``) and ``id``; the images are in one zip per
-  split at the root. Each zip is extracted once into a cache folder (:mod:`papo.evaluation.archives`),
+  split at the root. Each zip is extracted once into a cache folder (:mod:`papo.data.archives`),
   never into the snapshot, which is only read; image paths must stay inside the extracted folder.
 * **A prepared ShareGPT JSON** (what PAPO-Eval writes: ``<split>.json`` next to an ``images/`` folder):
   image paths are looked up under ``--image_dir`` or, by default, next to the JSON and in its
@@ -29,8 +29,8 @@ from pathlib import Path
 import datasets
 from datasets import Dataset
 
+from papo.data.archives import UnsafeArchiveError, extract_zip_cached, find_image, path_variants
 from papo.data.loading import load_papo_dataset
-from papo.evaluation.archives import UnsafeArchiveError, confined, extract_zip_cached
 from papo.evaluation.report import canonical_name
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,6 @@ PUBLISHED_SPLITS: dict[str, tuple[str, int]] = {
 }
 _SHARD = re.compile(r"^(?P<split>.+)-\d{5}-of-\d{5}\.parquet$")
 _ZIP_SUFFIX = "_images.zip"
-# Prefixes PAPO-Eval puts before <folder>/<file> in image paths; the zips hold <folder>/<file>.
-_IMAGE_PREFIXES = ("data/images/", "images/", "data/")
 _USER_ROLES, _ASSISTANT_ROLES = ("user", "human"), ("assistant", "gpt")
 
 
@@ -136,15 +134,6 @@ def _rows_from_records(records: Iterable[dict], source_name: str, resolve) -> Da
     return Dataset.from_dict(rows, features=EVAL_FEATURES)
 
 
-def _path_variants(image_path: str) -> list[str]:
-    """The path as written, then with PAPO-Eval's folder prefixes removed."""
-    rel = image_path.replace("\\", "/")
-    while rel.startswith("./"):
-        rel = rel[2:]
-    variants = [rel] + [rel[len(prefix) :] for prefix in _IMAGE_PREFIXES if rel.startswith(prefix)]
-    return list(dict.fromkeys(v for v in variants if v))
-
-
 # ------------------------------------------------------------------------------------------------
 # Prepared ShareGPT JSON
 # ------------------------------------------------------------------------------------------------
@@ -174,7 +163,7 @@ def load_sharegpt_eval(path: str | os.PathLike, image_dir: str | os.PathLike | N
                 return Path(image_path)
             candidates = [Path(image_path)]
         else:
-            candidates = [root / v for root in roots for v in _path_variants(image_path)]
+            candidates = [root / v for root in roots for v in path_variants(image_path)]
             for candidate in candidates:
                 if candidate.is_file():
                     return candidate
@@ -323,19 +312,9 @@ def _load_snapshot_split(root: Path, split: str, shards: list[Path], cache_dir) 
     where_zip = zip_path.name if zip_path is not None else f"no {split}{_ZIP_SUFFIX} at {root}"
 
     def resolve(image_path: str, where: str) -> Path:
-        if not isinstance(image_path, str):
-            raise ValueError(
-                f"{where}, field 'images': expected relative path strings, got {type(image_path)}"
-            )
-        # Refuse absolute paths and '..' on the path as written, whatever folder it is looked up in.
-        confined(
-            image_roots[0], _path_variants(image_path)[0] if _path_variants(image_path) else image_path, where
-        )
-        for base in image_roots:
-            for variant in _path_variants(image_path):
-                candidate = Path(base) / variant
-                if candidate.is_file() or candidate.is_symlink():
-                    return confined(base, variant, where)
+        found = find_image(image_roots, image_path, where)
+        if found is not None:
+            return found
         raise FileNotFoundError(
             f"{where}: image {image_path!r} is not in the split's images ({where_zip}); the snapshot may be "
             "incomplete: download it again with `hf download PAPO-Galaxy/PAPO_eval --repo-type dataset`"

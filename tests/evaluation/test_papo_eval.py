@@ -11,10 +11,10 @@ import datasets
 import pytest
 from papo_eval_fixture import SPLITS, png_bytes, tree_digest, write_snapshot
 
-import papo.evaluation.archives as archives
+import papo.data.archives as archives
 import papo.evaluation.run as run_module
 from papo.cli import main
-from papo.evaluation.archives import UnsafeArchiveError, extract_zip, extract_zip_cached
+from papo.data.archives import UnsafeArchiveError, extract_zip, extract_zip_cached
 from papo.evaluation.data import load_eval_sets, load_sharegpt_eval, select_splits
 from papo.rewards import grade
 

@@ -176,3 +176,37 @@ def confined(root: str | os.PathLike, relative: str, what: str) -> Path:
     if os.path.commonpath([root_real, candidate]) != root_real:
         raise UnsafeArchiveError(f"{what}: {relative!r} resolves outside {root}")
     return Path(candidate)
+
+
+# Prefixes PAPO's data put before <folder>/<file> in image paths; the zips hold <folder>/<file>.
+IMAGE_PREFIXES = ("data/images/", "images/", "data/")
+
+
+def path_variants(image_path: str) -> list[str]:
+    """A relative image path as written (``./`` dropped), then with PAPO's folder prefixes removed."""
+    rel = image_path.replace("\\", "/")
+    while rel.startswith("./"):
+        rel = rel[2:]
+    variants = [rel] + [rel[len(prefix) :] for prefix in IMAGE_PREFIXES if rel.startswith(prefix)]
+    return list(dict.fromkeys(v for v in variants if v))
+
+
+def find_image(roots: list[Path], image_path: str, where: str) -> Path | None:
+    """The first existing ``root / variant`` of an untrusted relative `image_path`, confined to its root.
+
+    Raises :class:`UnsafeArchiveError` for absolute paths, ``..`` and paths resolving outside a root;
+    returns None when the image is under none of `roots`.
+    """
+    if not isinstance(image_path, str):
+        raise ValueError(
+            f"{where}, field 'images': expected relative path strings, got {type(image_path).__name__}"
+        )
+    variants = path_variants(image_path)
+    for root in roots:
+        for variant in variants or [image_path]:
+            checked = confined(root, variant, where)  # raises before any lookup of an unsafe path
+            if checked.is_file():
+                return checked
+    if not roots:
+        confined(".", variants[0] if variants else image_path, where)
+    return None
