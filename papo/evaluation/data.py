@@ -25,6 +25,7 @@ import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 from datasets import Dataset
@@ -67,6 +68,16 @@ _USER_ROLES, _ASSISTANT_ROLES = ("user", "human"), ("assistant", "gpt")
 # ------------------------------------------------------------------------------------------------
 
 
+class EvalSet(NamedTuple):
+    """One benchmark to evaluate. `hub_dataset` is the Hub dataset whose complete published split these rows
+    are (None for local data, or rows that differ from the published split): only such results may be
+    reported as results on that dataset (a model card's ``model-index``)."""
+
+    name: str
+    dataset: Dataset
+    hub_dataset: str | None
+
+
 def load_eval_sets(
     source: str | os.PathLike,
     split: str = "test",
@@ -74,8 +85,8 @@ def load_eval_sets(
     *,
     benchmarks: Iterable[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
-) -> list[tuple[str, Dataset]]:
-    """``[(benchmark name, dataset in the training schema), ...]`` for one ``--data`` source.
+) -> list[EvalSet]:
+    """The :class:`EvalSet` s of one ``--data`` source.
 
     A PAPO_eval snapshot (folder or Hub id) gives every split, or those named in `benchmarks` (Table 1
     names or split names); the other layouts give one set and ignore `benchmarks`.
@@ -83,7 +94,22 @@ def load_eval_sets(
     root = papo_eval_root(source)
     if root is not None:
         return load_papo_eval(root, benchmarks, cache_dir=cache_dir)
-    return [load_eval_set(source, split, image_dir)]
+    name, dataset = load_eval_set(source, split, image_dir)
+    if is_sharegpt_source(source):
+        hub = PAPO_EVAL_REPO if _is_published_size(name, len(dataset)) else None
+    else:
+        hub = str(source) if _is_hub_id(source) else None
+    return [EvalSet(name, dataset, hub)]
+
+
+def _is_published_size(name: str, rows: int) -> bool:
+    return PUBLISHED_SPLITS.get(canonical_name(name), (None, None))[1] == rows
+
+
+def _is_hub_id(source) -> bool:
+    text = str(source)
+    parts = text.split("/")
+    return not Path(text).exists() and len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
 def load_eval_set(source: str | os.PathLike, split: str = "test", image_dir: str | os.PathLike | None = None):
@@ -284,8 +310,8 @@ def load_papo_eval(
     *,
     cache_dir: str | os.PathLike | None = None,
     hub_repo: str | None = None,
-) -> list[tuple[str, Dataset]]:
-    """Every selected split of a PAPO_eval snapshot as ``[(Table 1 name, dataset), ...]``.
+) -> list[EvalSet]:
+    """Every selected split of a PAPO_eval snapshot as :class:`EvalSet` s named with Table 1's names.
 
     The snapshot is only read: each split's zip is extracted (once, safely) under `cache_dir`. Row
     counts that differ from the published ones are warned about with the split named.
@@ -296,7 +322,9 @@ def load_papo_eval(
         raise ValueError(f"{root}: no data/<split>-00000-of-00001.parquet files (the PAPO_eval layout)")
     out = []
     for split in select_splits(splits, benchmarks):
-        out.append((canonical_name(split), _load_snapshot_split(root, split, splits[split], cache_dir)))
+        name = canonical_name(split)
+        dataset = _load_snapshot_split(root, split, splits[split], cache_dir)
+        out.append(EvalSet(name, dataset, PAPO_EVAL_REPO if _is_published_size(name, len(dataset)) else None))
     return out
 
 
@@ -339,6 +367,7 @@ def _is_hf_snapshot(root: Path) -> bool:
 
 __all__ = [
     "EVAL_FEATURES",
+    "EvalSet",
     "PAPO_EVAL_REPO",
     "PUBLISHED_SPLITS",
     "UnsafeArchiveError",

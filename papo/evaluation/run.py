@@ -127,6 +127,7 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
             )
 
     records = {key: [] for key in PREDICTION_FEATURES}
+    first_images = [embedded_image(images[0]) for images in _undecoded_images(dataset)]
     for q, row in enumerate(dataset):
         samples = outputs[q * k : (q + 1) * k]
         texts = [text for text, _ in samples]
@@ -135,7 +136,7 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         records["id"].append(str(row["id"]))
         records["benchmark"].append(name)
         records["question"].append(row["problem"])
-        records["image"].append(row["images"][0])
+        records["image"].append(first_images[q])
         records["reference"].append(row["answer"])
         records["samples"].append(texts)
         records["extracted"].append(extracted)
@@ -156,6 +157,23 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         summary["perception_kl_share_above"] = float((all_kl > config.kl_threshold).float().mean())
         summary["perception_kl_threshold"] = config.kl_threshold
     return predictions, summary
+
+
+def _undecoded_images(dataset: datasets.Dataset) -> list[list[dict]]:
+    feature = dataset.features["images"]
+    inner = feature.feature if isinstance(feature, datasets.List) else feature
+    if isinstance(inner, datasets.Image):
+        undecoded = datasets.Image(decode=False)
+        feature = datasets.List(undecoded) if isinstance(feature, datasets.List) else undecoded
+        dataset = dataset.cast_column("images", feature)
+    return [imgs if isinstance(imgs, list) else [imgs] for imgs in dataset["images"]]
+
+
+def embedded_image(image: dict) -> dict:
+    """The image's bytes with only its file name: a predictions file carries no local path and no dangling one."""
+    path = image.get("path")
+    data = image.get("bytes") or (Path(path).read_bytes() if path else None)
+    return {"bytes": data, "path": Path(path).name if path else None}
 
 
 def write_predictions(predictions: datasets.Dataset, path: Path) -> Path:
@@ -216,22 +234,27 @@ def run_eval(
     output_dir = Path(output_dir)
     # Load (and check) every eval set before the model: a bad path fails in seconds, not after a download.
     eval_sets = [
-        (canonical_name(raw_name), dataset)
+        (canonical_name(raw_name), dataset, hub_dataset)
         for source in sources
-        for raw_name, dataset in load_eval_sets(
+        for raw_name, dataset, hub_dataset in load_eval_sets(
             source, split, image_dir, benchmarks=benchmarks, cache_dir=cache_dir
         )
     ]
     model, processor = load_model_and_adapter(model_id, adapter, dtype=dtype, device=device)
     label = label or Path(str(adapter or model_id).rstrip("/")).name
     summaries: dict[str, dict[str, Any]] = {}
-    for name, dataset in eval_sets:
+    for name, dataset, hub_dataset in eval_sets:
         if name in summaries:
             raise ValueError(f"two --data sources are both the benchmark {name!r}; pass each benchmark once")
         shown = len(dataset) if config.max_questions is None else min(config.max_questions, len(dataset))
         of_total = f" of {len(dataset)}" if shown < len(dataset) else ""
         print(f"Evaluating {label} on {name}: {shown}{of_total} questions, k={config.samples_per_question}")
         predictions, summary = evaluate_benchmark(model, processor, dataset, name, config)
+        # What this result is a result on: the Hub dataset (None: local data), and whether every row of it
+        # was evaluated (not with --max_questions or skipped rows). Cards cite only complete Hub results.
+        summary["dataset"] = hub_dataset
+        summary["split_rows"] = len(dataset)
+        summary["complete"] = summary["n"] == len(dataset)
         write_predictions(predictions, output_dir / "predictions" / f"{name}.parquet")
         summaries[name] = summary
         skipped = f", {summary['skipped_rows']} invalid rows skipped" if summary["skipped_rows"] else ""

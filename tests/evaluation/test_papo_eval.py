@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import stat
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def test_snapshot_loads_every_split_with_table1_names_and_stays_byte_identical(s
     before = tree_digest(snapshot)
     with pytest.warns(UserWarning) as caught:
         sets = load_eval_sets(snapshot, cache_dir=tmp_path / "cache")
-    assert [name for name, _ in sets] == ["Counting", "LogicVista"]
+    assert [s.name for s in sets] == ["Counting", "LogicVista"]
+    assert [s.hub_dataset for s in sets] == [None, None]  # not the published rows: never cited as PAPO_eval
     messages = [str(w.message) for w in caught]
     assert any(
         "'BUAADreamer_clevr_count_70k' (Counting) has 3 rows; the published split has 200" in m
@@ -37,10 +39,10 @@ def test_snapshot_loads_every_split_with_table1_names_and_stays_byte_identical(s
     assert any(
         "'lscpku_LogicVista' (LogicVista) has 2 rows; the published split has 447" in m for m in messages
     )
-    counting = dict(sets)["Counting"]
+    counting = {s.name: s.dataset for s in sets}["Counting"]
     assert counting["answer"] == ["3", "2", "0"] and counting["id"][0] == "BUAADreamer_clevr_count_70k-0"
     assert counting[2]["images"][0].size == (48, 32)  # the right image, decoded from the extracted zip
-    assert dict(sets)["LogicVista"]["answer"][0] == "A, C"
+    assert {s.name: s.dataset for s in sets}["LogicVista"]["answer"][0] == "A, C"
     assert tree_digest(snapshot) == before  # nothing extracted into, or changed in, the snapshot
     extracted = sorted(p.name for p in (tmp_path / "cache" / "extracted").iterdir())
     assert len(extracted) == 2 and all(not name.startswith(".") for name in extracted)
@@ -55,8 +57,19 @@ def test_rerun_reuses_the_extracted_images(snapshot, tmp_path, monkeypatch):
 
     monkeypatch.setattr(archives, "extract_zip", no_second_extraction)
     with pytest.warns(UserWarning):
-        ((name, dataset),) = load_eval_sets(snapshot, benchmarks=["counting"], cache_dir=tmp_path / "cache")
+        ((name, dataset, _),) = load_eval_sets(
+            snapshot, benchmarks=["counting"], cache_dir=tmp_path / "cache"
+        )
     assert name == "Counting" and dataset[0]["images"][0].size == (40, 32)
+
+
+def test_a_split_with_the_published_rows_is_cited_as_papo_eval(tmp_path):
+    items = [(f"How many objects? ({i})", str(i % 10)) for i in range(200)]
+    root = write_snapshot(tmp_path / "snap", {"BUAADreamer_clevr_count_70k": ("clevr", items)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 200 rows, as published: no warning
+        ((name, dataset, hub_dataset),) = load_eval_sets(root, cache_dir=tmp_path / "cache")
+    assert (name, len(dataset), hub_dataset) == ("Counting", 200, "PAPO-Galaxy/PAPO_eval")
 
 
 def test_benchmarks_accept_table1_and_split_names(snapshot):
@@ -94,7 +107,7 @@ def test_hub_id_resolves_through_the_hf_cache_and_leaves_it_untouched(tmp_path):
             os.symlink(os.path.relpath(blob, os.path.dirname(link)), link)
         before = tree_digest(Path(repo))
         with pytest.warns(UserWarning, match="has 3 rows"):
-            ((name, dataset),) = load_eval_sets("PAPO-Galaxy/PAPO_eval", cache_dir=tmp_path / "cache")
+            ((name, dataset, _),) = load_eval_sets("PAPO-Galaxy/PAPO_eval", cache_dir=tmp_path / "cache")
         assert name == "Counting" and len(dataset) == 3 and dataset[1]["images"][0].size == (44, 32)
         assert tree_digest(Path(repo)) == before
     finally:
@@ -260,4 +273,9 @@ def test_cli_evaluates_a_snapshot_by_table1_names(snapshot, tmp_path, tiny_model
     assert results["benchmarks"]["Counting"]["accuracy"] == pytest.approx(50.0)  # "3" right, "5" wrong
     assert results["benchmarks"]["LogicVista"]["accuracy"] == pytest.approx(100.0)  # "C, A" for "A, C"; "B"
     assert results["benchmarks"]["Counting"]["n"] == 2
+    counting = results["benchmarks"]["Counting"]
+    assert (counting["dataset"], counting["split_rows"], counting["complete"]) == (None, 3, False)
+    predictions = datasets.Dataset.from_parquet(str(tmp_path / "out" / "predictions" / "Counting.parquet"))
+    stored = predictions.cast_column("image", datasets.Image(decode=False))[0]["image"]
+    assert stored["path"] == "0.png" and stored["bytes"] == png_bytes(0)  # embedded, no local path
     assert tree_digest(snapshot) == before
