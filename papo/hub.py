@@ -267,6 +267,8 @@ def _adapter_card(
         eval_rows=evals["benchmarks"] if evals else [],
         group_rows=evals["groups"] if evals else [],
         overall=evals["overall"] if evals else None,
+        comparison_rows=evals["comparison_rows"] if evals else [],
+        comparison_note=evals["comparison_note"] if evals else "",
         metric_name=evals["metric_name"] if evals else DEFAULT_METRIC_NAME,
         protocol_text=evals["protocol_text"] if evals else "",
         processor_source="adapter_id" if has_processor else "base_id",
@@ -1049,7 +1051,37 @@ def _normalise_eval_results(eval_results: dict) -> dict[str, Any]:
         "protocol_text": protocol_text,
         # averages are cited only when every benchmark behind them is a complete split of one Hub dataset
         "averages_dataset": next(iter(cited)) if len(cited) == 1 and None not in cited else None,
+        **_comparison_rows(eval_results.get("comparison")),
     }
+
+
+def _comparison_rows(comparison: Any) -> dict[str, Any]:
+    """The card's paired-statistics table from results.json's "comparison" (papo.stats via `papo eval --compare`)."""
+    if not isinstance(comparison, dict) or not isinstance(comparison.get("benchmarks"), dict):
+        return {"comparison_rows": [], "comparison_note": ""}
+
+    def row(name: str, r: dict, q: Any) -> dict[str, str]:
+        return {
+            "name": _cell(name),
+            "n": str(r.get("n", "—")),
+            "diff": f"{r['diff']:+.2f}",
+            "ci": f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]",
+            "p": f"{r['mcnemar_p']:.3g}",
+            "q": "–" if q is None else f"{q:.3g}",
+            "verdict": _cell(r.get("verdict", "")),
+        }
+
+    rows = [row(name, r, r.get("q_value")) for name, r in comparison["benchmarks"].items()]
+    if isinstance(comparison.get("overall"), dict):
+        rows.append(row("Overall", comparison["overall"], None))
+    note = (
+        f"Δ = this adapter − {_cell(comparison.get('baseline') or 'the baseline')}, in percentage points; "
+        f"{comparison.get('confidence', 0.95):.0%} CI by paired bootstrap over questions "
+        f"({comparison.get('n_resamples', 10000):,} replicates, seed {comparison.get('seed', 0)}); McNemar's exact "
+        f"test on {comparison.get('mcnemar_on', 'per-question correctness')}; q: Benjamini-Hochberg across "
+        "benchmarks. A Δ whose CI contains 0 is inside the noise."
+    )
+    return {"comparison_rows": rows, "comparison_note": note}
 
 
 def _model_index(evals: dict[str, Any], eval_result_cls: type) -> list:

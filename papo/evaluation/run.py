@@ -229,7 +229,7 @@ def run_eval(
     import json
 
     from papo.evaluation.data import load_eval_sets
-    from papo.evaluation.report import canonical_name, summarize, write_report
+    from papo.evaluation.report import canonical_name, paired_comparison, summarize, write_report
 
     output_dir = Path(output_dir)
     # Load (and check) every eval set before the model: a bad path fails in seconds, not after a download.
@@ -260,12 +260,17 @@ def run_eval(
         skipped = f", {summary['skipped_rows']} invalid rows skipped" if summary["skipped_rows"] else ""
         print(f"{label} on {name}: {summary['accuracy']:.2f}% over {summary['n']} questions{skipped}")
     runs = {label: {name: s["accuracy"] for name, s in summaries.items()}}
-    baseline = None
+    baseline = comparison = None
     if compare is not None:
         other = json.loads(Path(compare).read_text())
         other_label = other.get("label", "baseline")
         runs = {other_label: {n: b["accuracy"] for n, b in other["benchmarks"].items()}, **runs}
         baseline = other_label
+        if baseline == label:
+            raise ValueError(f"--compare: the baseline run is also labelled {label!r}; pass --label")
+        comparison = paired_comparison(Path(compare).parent, output_dir, list(summaries), seed=config.seed)
+        if comparison is None:
+            print(f"No per-question predictions of {baseline} next to {compare}: no confidence intervals")
     extra = {
         "label": label,
         "model": model_id,
@@ -274,5 +279,7 @@ def run_eval(
         "benchmarks": summaries,
         "summary": summarize(runs[label]),  # this run: per-benchmark, group averages, overall (percent)
     }
-    paths = write_report(output_dir, runs, baseline=baseline, extra=extra)
+    paths = write_report(
+        output_dir, runs, baseline=baseline, extra=extra, comparison=comparison, candidate=label
+    )
     return {"paths": paths, "summaries": summaries, "runs": runs}

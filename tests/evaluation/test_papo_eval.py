@@ -279,3 +279,60 @@ def test_cli_evaluates_a_snapshot_by_table1_names(snapshot, tmp_path, tiny_model
     stored = predictions.cast_column("image", datasets.Image(decode=False))[0]["image"]
     assert stored["path"] == "0.png" and stored["bytes"] == png_bytes(0)  # embedded, no local path
     assert tree_digest(snapshot) == before
+
+
+def test_compare_reports_paired_cis_mcnemar_and_q_values(snapshot, tmp_path, tiny_model_dirs, monkeypatch):
+    from scipy import stats
+
+    from papo.stats import paired_bootstrap_ci
+
+    def scripted(replies):
+        def generation(model, processor, prompts, images, **kwargs):
+            out = []
+            for prompt in prompts:
+                text = "".join(part["text"] or "" for part in prompt[0]["content"])
+                reply = next((a for q, a in replies.items() if q in text), "\\boxed{Z}")
+                out.append((reply, processor.tokenizer(reply, add_special_tokens=False)["input_ids"]))
+            return out
+
+        return generation
+
+    common = ["eval", "--model", tiny_model_dirs["qwen2_5_vl"], "--data", str(snapshot), "--cache_dir"]
+    common += [str(tmp_path / "cache"), "--samples", "2", "--no_perception_kl"]
+    monkeypatch.setattr(run_module, "generate_completions", scripted({"How many objects": "\\boxed{3}"}))
+    with pytest.warns(UserWarning):
+        assert main([*common, "--label", "base", "--output_dir", str(tmp_path / "base")]) == 0
+    better = {
+        "How many objects": "\\boxed{3}",
+        "How many cubes": "\\boxed{2}",
+        "How many spheres": "\\boxed{0}",
+    }
+    better["Which options"] = "\\boxed{A, C}"
+    monkeypatch.setattr(run_module, "generate_completions", scripted(better))
+    args = [
+        "--label",
+        "new",
+        "--output_dir",
+        str(tmp_path / "new"),
+        "--compare",
+        str(tmp_path / "base" / "results.json"),
+    ]
+    with pytest.warns(UserWarning):
+        assert main([*common, *args]) == 0
+
+    results = json.loads((tmp_path / "new" / "results.json").read_text())
+    comparison = results["comparison"]
+    assert (comparison["baseline"], comparison["candidate"]) == ("base", "new")
+    counting = comparison["benchmarks"]["Counting"]
+    assert counting["n"] == 3 and counting["diff"] == pytest.approx(100 * 2 / 3)
+    _, low, high = paired_bootstrap_ci([1, 0, 0], [1, 1, 1], n_resamples=10_000, seed=0)
+    assert (counting["ci_low"], counting["ci_high"]) == pytest.approx((100 * low, 100 * high))
+    assert counting["mcnemar_p"] == pytest.approx(stats.binomtest(2, 2, 0.5).pvalue)  # 0.5: inside the noise
+    q = stats.false_discovery_control(
+        [counting["mcnemar_p"], comparison["benchmarks"]["LogicVista"]["mcnemar_p"]]
+    )
+    assert [counting["q_value"], comparison["benchmarks"]["LogicVista"]["q_value"]] == pytest.approx(list(q))
+    table = (tmp_path / "new" / "results.md").read_text()
+    assert "Paired comparison, new − base" in table and "| Counting | 3 | +66.67 |" in table
+    assert "McNemar" in table and "BH q" in table and "10,000 replicates" in table
+    assert (tmp_path / "new" / "comparison.png").stat().st_size > 0

@@ -370,3 +370,41 @@ def test_a_local_path_slipping_into_the_card_is_refused(adapter_copy, tmp_path, 
     _write_config(adapter_copy, output_dir=str(adapter_copy))
     with pytest.raises(ValueError, match="refusing to publish .*local path"):
         build_adapter_repo(adapter_copy, tmp_path / "repo")
+
+
+def test_card_reports_the_paired_statistics(tiny_adapter_dir, tmp_path):
+    comparison = {
+        "baseline": "GRPO",
+        "candidate": "PAPO-G",
+        "confidence": 0.95,
+        "n_resamples": 10000,
+        "seed": 0,
+        "mcnemar_on": "per-question correctness by strict majority of the k samples",
+        "benchmarks": {
+            "Geo3k": {
+                "n": 2,
+                "diff": 50.0,
+                "ci_low": 0.0,
+                "ci_high": 100.0,
+                "mcnemar_p": 0.5,
+                "q_value": 0.5,
+                "verdict": "inside the noise",
+            },
+        },
+        "overall": {
+            "n": 2,
+            "diff": 50.0,
+            "ci_low": 0.0,
+            "ci_high": 100.0,
+            "mcnemar_p": 0.5,
+            "verdict": "inside the noise",
+        },
+    }
+    out = build_adapter_repo(
+        tiny_adapter_dir, tmp_path / "repo", eval_results={**EVAL_RESULTS, "comparison": comparison}
+    )
+    text = (out / "README.md").read_text()
+    assert "Δ = this adapter − GRPO, in percentage points; 95% CI by paired bootstrap" in text
+    assert "| Geo3k | 2 | +50.00 | [+0.00, +100.00] | 0.5 | 0.5 | inside the noise |" in text
+    assert "| Overall | 2 | +50.00 | [+0.00, +100.00] | 0.5 | – | inside the noise |" in text
+    _assert_tables_well_formed(text)
