@@ -101,6 +101,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         benchmarks=args.benchmarks.split(",") if args.benchmarks else None,
         cache_dir=args.cache_dir,
+        seed_runs=args.seed_runs,
     )
     print(Path(result["paths"]["markdown"]).read_text() if "markdown" in result["paths"] else "")
     for name, path in result["paths"].items():
@@ -205,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output_dir", default=str(DEFAULT_OUTPUT / "eval"))
     ev.add_argument("--label", default=None, help="name of this run in tables (default: adapter/model name)")
     ev.add_argument("--compare", default=None, help="results.json of a baseline run: adds Δ%%rel and a plot")
+    ev.add_argument(
+        "--seed_runs",
+        action="append",
+        default=None,
+        help="results.json of this model evaluated with another --seed (repeatable): adds the seed spread",
+    )
     ev.add_argument("--samples", type=int, default=8, help="samples per question (avg@k)")
     ev.add_argument("--temperature", type=float, default=1.0)
     ev.add_argument("--top_p", type=float, default=1.0)

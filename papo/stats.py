@@ -33,6 +33,7 @@ __all__ = [
     "stratified_bootstrap_ci",
     "majority_correct",
     "compare_benchmarks",
+    "seed_spread",
 ]
 
 
@@ -292,4 +293,18 @@ def _comparison_row(n: int, mean: float, low: float, high: float, p: float, conf
         "mcnemar_p": p,
         "significant": not inside and n >= 2,
         "verdict": verdict,
+    }
+
+
+def seed_spread(values: Sequence[float]) -> dict:
+    """Spread of one metric over runs that differ only in their seed: n, mean, sample SD (ddof 1), min, max."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"seed_spread needs a non-empty 1-D sequence, got shape {arr.shape}")
+    return {
+        "n": int(arr.size),
+        "mean": float(arr.mean()),
+        "sd": float(arr.std(ddof=1)) if arr.size > 1 else math.nan,
+        "min": float(arr.min()),
+        "max": float(arr.max()),
     }

@@ -129,3 +129,17 @@ def test_compare_benchmarks_on_a_hand_made_case():
     assert overall["n"] == 14 and overall["diff"] == pytest.approx((x["diff"] + 0.0) / 2)
     assert overall["mcnemar_p"] == pytest.approx(stats.binomtest(6, 7, 0.5).pvalue)
     assert result["mcnemar_on"].startswith("per-question correctness by strict majority")
+
+
+def test_seed_spread_against_numpy():
+    import statistics
+
+    from papo.stats import seed_spread
+
+    values = [41.2, 44.0, 42.5, 43.1]
+    spread = seed_spread(values)
+    assert spread["sd"] == pytest.approx(statistics.stdev(values))
+    assert (spread["n"], spread["mean"], spread["min"], spread["max"]) == (4, pytest.approx(42.7), 41.2, 44.0)
+    assert math.isnan(seed_spread([50.0])["sd"])
+    with pytest.raises(ValueError, match="non-empty"):
+        seed_spread([])

@@ -414,6 +414,40 @@ def comparison_markdown(comparison: Mapping[str, Any], baseline: str, candidate:
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
+def seed_spreads(runs_by_seed: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """:func:`papo.stats.seed_spread` per benchmark and Overall over runs of one model with different seeds.
+
+    `runs_by_seed` maps a run's name (its seed) to its per-benchmark accuracies (percent); a benchmark counts
+    only the runs that have it.
+    """
+    from papo.stats import seed_spread
+
+    per_run = {run: summarize(acc) for run, acc in runs_by_seed.items()}
+    names = _ordered_benchmarks([b for s in per_run.values() for b in s["benchmarks"]], TABLE1_GROUPS)
+    out = {
+        name: seed_spread([s["benchmarks"][name] for s in per_run.values() if name in s["benchmarks"]])
+        for name in names
+    }
+    out["Overall"] = seed_spread([s["overall"] for s in per_run.values()])
+    return {"runs": list(runs_by_seed), "benchmarks": out}
+
+
+def seed_spread_markdown(spreads: Mapping[str, Any], label: str, digits: int = 2) -> str:
+    lines = [
+        f"Seed spread of {_md_escape(label)} over {len(spreads['runs'])} runs ({', '.join(map(str, spreads['runs']))}):",
+        "",
+        "| Benchmark | Runs | Mean | SD | Min | Max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in spreads["benchmarks"].items():
+        sd = "–" if math.isnan(r["sd"]) else f"{r['sd']:.{digits}f}"
+        lines.append(
+            f"| {_md_escape(name)} | {r['n']} | {r['mean']:.{digits}f} | {sd} | {r['min']:.{digits}f} | "
+            f"{r['max']:.{digits}f} |"
+        )
+    return "\n".join(lines) + "\n\nSD: sample standard deviation over the runs (ddof 1), in percent.\n"
+
+
 # --------------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------------
@@ -488,7 +522,7 @@ def plot_comparison(
         xs = [c - 0.4 + bar_w * (i + 0.5) for c in range(n_cats)]
         yerr = None
         if comparison is not None and label == candidate:
-            yerr = [[0.0] * n_cats, [0.0] * n_cats]
+            yerr = [[math.nan] * n_cats, [math.nan] * n_cats]
             for c, (kind, _, key) in enumerate(columns):
                 stats_row = comparison["benchmarks"].get(key) if kind == "bench" else None
                 if kind == "overall":
@@ -560,6 +594,7 @@ def write_report(
     extra: Mapping[str, Any] | None = None,
     comparison: Mapping[str, Any] | None = None,
     candidate: str | None = None,
+    seeds: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``results.json``, ``results.md`` and, for two or more runs, ``comparison.png`` (all atomically).
 
@@ -582,6 +617,8 @@ def write_report(
     }
     if comparison is not None:
         payload["comparison"] = {"baseline": baseline, "candidate": candidate, **comparison}
+    if seeds is not None:
+        payload["seed_spread"] = dict(seeds)
     if baseline is not None:
         payload["relative_gain"] = {
             label: relative_gain(runs[baseline], acc, groups)
@@ -589,7 +626,9 @@ def write_report(
             if label != baseline
         }
     extra = dict(extra or {})
-    clash = sorted(set(extra) & (set(payload) | {"relative_gain", "plot_skipped", "comparison"}))
+    clash = sorted(
+        set(extra) & (set(payload) | {"relative_gain", "plot_skipped", "comparison", "seed_spread"})
+    )
     if clash:
         raise ValueError(f"write_report: extra keys {clash} collide with the report's own keys")
     paths: dict[str, Path] = {}
@@ -607,5 +646,7 @@ def write_report(
     table = markdown_table(runs, groups, baseline)
     if comparison is not None and baseline is not None and candidate is not None:
         table += "\n" + comparison_markdown(comparison, baseline, candidate)
+    if seeds is not None:
+        table += "\n" + seed_spread_markdown(seeds, candidate or "this run")
     paths["markdown"] = _atomic_write_bytes(output_dir / "results.md", table.encode("utf-8"))
     return dict(sorted(paths.items(), key=lambda kv: ["json", "markdown", "plot"].index(kv[0])))

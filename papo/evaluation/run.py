@@ -224,12 +224,19 @@ def run_eval(
     device: str | None = None,
     benchmarks: list[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    seed_runs: list[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one model on every source; write predictions, results.json, results.md (+ plot)."""
     import json
 
     from papo.evaluation.data import load_eval_sets
-    from papo.evaluation.report import canonical_name, paired_comparison, summarize, write_report
+    from papo.evaluation.report import (
+        canonical_name,
+        paired_comparison,
+        seed_spreads,
+        summarize,
+        write_report,
+    )
 
     output_dir = Path(output_dir)
     # Load (and check) every eval set before the model: a bad path fails in seconds, not after a download.
@@ -279,7 +286,19 @@ def run_eval(
         "benchmarks": summaries,
         "summary": summarize(runs[label]),  # this run: per-benchmark, group averages, overall (percent)
     }
+    seeds = None
+    if seed_runs:  # the same model evaluated with other seeds: this run's spread over seeds
+        by_seed = {f"seed {config.seed}": runs[label]}
+        for path in seed_runs:
+            other = json.loads(Path(path).read_text())
+            key = f"seed {other.get('protocol', {}).get('seed', len(by_seed))}"
+            if key in by_seed:
+                raise ValueError(
+                    f"--seed_runs {path}: {key} is already one of the runs; give runs with other seeds"
+                )
+            by_seed[key] = {n: b["accuracy"] for n, b in other["benchmarks"].items()}
+        seeds = seed_spreads(by_seed)
     paths = write_report(
-        output_dir, runs, baseline=baseline, extra=extra, comparison=comparison, candidate=label
+        output_dir, runs, baseline=baseline, extra=extra, comparison=comparison, candidate=label, seeds=seeds
     )
     return {"paths": paths, "summaries": summaries, "runs": runs}

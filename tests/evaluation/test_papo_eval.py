@@ -309,7 +309,10 @@ def test_compare_reports_paired_cis_mcnemar_and_q_values(snapshot, tmp_path, tin
     }
     better["Which options"] = "\\boxed{A, C}"
     monkeypatch.setattr(run_module, "generate_completions", scripted(better))
-    args = [
+    with pytest.warns(UserWarning):  # the same model with another seed, for the seed spread
+        assert main([*common, "--label", "new", "--seed", "1", "--output_dir", str(tmp_path / "new1")]) == 0
+    args = ["--seed_runs", str(tmp_path / "new1" / "results.json")]
+    args += [
         "--label",
         "new",
         "--output_dir",
@@ -336,3 +339,10 @@ def test_compare_reports_paired_cis_mcnemar_and_q_values(snapshot, tmp_path, tin
     assert "Paired comparison, new − base" in table and "| Counting | 3 | +66.67 |" in table
     assert "McNemar" in table and "BH q" in table and "10,000 replicates" in table
     assert (tmp_path / "new" / "comparison.png").stat().st_size > 0
+    spread = results["seed_spread"]
+    assert spread["runs"] == ["seed 0", "seed 1"]
+    assert spread["benchmarks"]["Counting"] == {"n": 2, "mean": 100.0, "sd": 0.0, "min": 100.0, "max": 100.0}
+    assert (
+        "Seed spread of new over 2 runs (seed 0, seed 1)" in table
+        and "| Counting | 2 | 100.00 | 0.00 |" in table
+    )
