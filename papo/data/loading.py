@@ -182,7 +182,7 @@ def _load_any(source: str | os.PathLike | Dataset | DatasetDict, split: str) -> 
                 )
             return datasets.load_dataset(builder, data_files=str(path), split="train")
         return _pick_split(datasets.load_dataset(str(path)), split, str(path))
-    if os.sep in str(source) and not _looks_like_hub_id(str(source)):
+    if os.sep in str(source) and not looks_like_hub_id(str(source)):
         raise FileNotFoundError(f"dataset path {source} does not exist")
     try:
         return datasets.load_dataset(str(source), split=split)
@@ -392,6 +392,7 @@ def _pick_split(dataset_dict: DatasetDict, split: str, name: str) -> Dataset:
     return dataset_dict[split]
 
 
-def _looks_like_hub_id(text: str) -> bool:
+def looks_like_hub_id(text: str) -> bool:
+    """``namespace/name``: the shape of a Hub repo id (whether it exists is not checked)."""
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith((".", "/"))

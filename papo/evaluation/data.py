@@ -31,7 +31,7 @@ import datasets
 from datasets import Dataset
 
 from papo.data.archives import UnsafeArchiveError, extract_zip_cached, find_image, path_variants
-from papo.data.loading import load_papo_dataset
+from papo.data.loading import load_papo_dataset, looks_like_hub_id
 from papo.evaluation.report import canonical_name
 
 logger = logging.getLogger(__name__)
@@ -98,18 +98,12 @@ def load_eval_sets(
     if is_sharegpt_source(source):
         hub = PAPO_EVAL_REPO if _is_published_size(name, len(dataset)) else None
     else:
-        hub = str(source) if _is_hub_id(source) else None
+        hub = str(source) if not Path(source).exists() and looks_like_hub_id(str(source)) else None
     return [EvalSet(name, dataset, hub)]
 
 
 def _is_published_size(name: str, rows: int) -> bool:
     return PUBLISHED_SPLITS.get(canonical_name(name), (None, None))[1] == rows
-
-
-def _is_hub_id(source) -> bool:
-    text = str(source)
-    parts = text.split("/")
-    return not Path(text).exists() and len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
 
 
 def load_eval_set(source: str | os.PathLike, split: str = "test", image_dir: str | os.PathLike | None = None):
