@@ -99,6 +99,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         compare=args.compare,
         dtype=args.dtype,
         device=args.device,
+        benchmarks=args.benchmarks.split(",") if args.benchmarks else None,
+        cache_dir=args.cache_dir,
+        seed_runs=args.seed_runs,
     )
     print(Path(result["paths"]["markdown"]).read_text() if "markdown" in result["paths"] else "")
     for name, path in result["paths"].items():
@@ -179,16 +182,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         action="append",
         default=None,
-        help="eval set (repeatable): training-schema Hub id/dir/parquet, or a PAPO_eval ShareGPT JSON "
-        "(file or folder); default: the synthetic test split",
+        help="eval set (repeatable): PAPO-Galaxy/PAPO_eval (Hub id, via the HF cache) or a folder downloaded "
+        "from it (every split); a prepared ShareGPT JSON (file or folder); a training-schema Hub id/dir/"
+        "parquet; default: the synthetic test split",
+    )
+    ev.add_argument(
+        "--benchmarks",
+        default=None,
+        help="PAPO_eval splits to evaluate, comma-separated Table 1 or split names, e.g. Counting,LogicVista "
+        "(default: every split)",
     )
     ev.add_argument("--split", default="test")
     ev.add_argument(
-        "--image_dir", default=None, help="base folder of ShareGPT image paths (default: the JSON's)"
+        "--image_dir",
+        default=None,
+        help="folder a ShareGPT JSON's image paths start from (default: next to the JSON, then its images/)",
+    )
+    ev.add_argument(
+        "--cache_dir",
+        default=None,
+        help="where PAPO_eval's image zips are extracted (default: $PAPO_CACHE or $HF_HOME/papo)",
     )
     ev.add_argument("--output_dir", default=str(DEFAULT_OUTPUT / "eval"))
     ev.add_argument("--label", default=None, help="name of this run in tables (default: adapter/model name)")
     ev.add_argument("--compare", default=None, help="results.json of a baseline run: adds Δ%%rel and a plot")
+    ev.add_argument(
+        "--seed_runs",
+        action="append",
+        default=None,
+        help="results.json of this model evaluated with another --seed (repeatable): adds the seed spread",
+    )
     ev.add_argument("--samples", type=int, default=8, help="samples per question (avg@k)")
     ev.add_argument("--temperature", type=float, default=1.0)
     ev.add_argument("--top_p", type=float, default=1.0)

@@ -42,11 +42,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ADAPTER_CARD_TEMPLATE",
+    "BaseModelMismatchError",
     "EVAL_CARD_TEMPLATE",
     "HubAuthError",
     "HubPushError",
     "build_adapter_repo",
     "build_eval_dataset_repo",
+    "check_adapter_fits_base",
+    "write_training_card",
     "main",
     "push_adapter",
     "push_eval",
@@ -119,6 +122,7 @@ def build_adapter_repo(
     license: str = "mit",
     repo_id: str | None = None,
     overwrite: bool = False,
+    base_config_from_hub: bool = True,
 ) -> Path:
     """Write in ``out_dir`` the exact folder ``push_adapter`` uploads for the PEFT adapter in ``adapter_dir``.
 
@@ -138,11 +142,12 @@ def build_adapter_repo(
             when it is a Hub id).
         license: the licence id of the card metadata.
         repo_id: the target repo, used in the card's usage snippet.
+        base_config_from_hub: where the base model's config, against which the adapter's shapes are checked
+            (:func:`check_adapter_fits_base`), may come from: the HF cache, then the Hub; False: the cache only.
 
     Returns the built folder. Raises ``ValueError`` on a missing/invalid adapter or when no Hub id of the base
     model is known, ``FileExistsError`` when ``out_dir`` is a non-empty directory and ``overwrite`` is false.
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
@@ -172,66 +177,130 @@ def build_adapter_repo(
         if not isinstance(run_config, dict):
             raise ValueError(f"{config_path} is not a YAML mapping")
     base = _resolve_base_model(base_model, run_config, adapter_config)
+    check_adapter_fits_base(adapter_dir / "adapter_model.safetensors", base, ask_hub=base_config_from_hub)
 
     def write(folder: Path) -> None:
         copied = _copy_adapter_files(adapter_dir, folder)
         if "papo_config.yaml" in copied:
-            redacted = _redact_secrets(run_config)
-            if redacted != run_config:  # never publish a token that ended up in the resolved config
-                (folder / "papo_config.yaml").write_text(yaml.safe_dump(redacted, sort_keys=True))
+            # never publish a token that ended up in the resolved config, nor a local path
+            published = _scrub_local_paths(_redact_secrets(run_config))
+            if published != run_config:
+                (folder / "papo_config.yaml").write_text(yaml.safe_dump(published, sort_keys=True))
         adapter_config["base_model_name_or_path"] = base
         (folder / "adapter_config.json").write_text(
             json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"
         )
 
-        peft_method = "QLoRA" if run_config.get("load_in_4bit") else "LoRA"
-        algorithm, perception = _algorithm(run_config)
-        train_data = list(datasets) if datasets else _training_datasets(run_config)
-        tags = ["papo", "trl", "peft", peft_method.lower()]
-        if algorithm is not None:
-            tags.append("dapo" if algorithm in ("PAPO-D", "DAPO") else "grpo")
-        tags.append("vision-language")
-        title_algorithm = algorithm or "PAPO"
-        title = f"{title_algorithm} {peft_method} adapter for {base.split('/')[-1]}"
-
-        evals = _normalise_eval_results(eval_results) if eval_results else None
-        card_data = ModelCardData(
-            base_model=base,
-            library_name="peft",
-            pipeline_tag="image-text-to-text",
+        card = _adapter_card(
+            folder,
+            base=base,
+            run_config=run_config,
+            adapter_config=adapter_config,
+            eval_results=eval_results,
+            datasets=datasets,
             license=license,
-            datasets=train_data or None,
-            tags=tags,
-            model_name=repo_id or title,
-            eval_results=_model_index(evals, EvalResult) if evals else None,
+            repo_id=repo_id,
         )
-        has_processor = any((folder / name).is_file() for name in PROCESSOR_FILES)
-        card = ModelCard.from_template(
-            card_data,
-            template_path=str(ADAPTER_CARD_TEMPLATE),
-            title=title,
-            base_model=base,
-            repo_id=repo_id or "<your-username>/<repo-name>",
-            peft_method=peft_method,
-            qlora=peft_method == "QLoRA",
-            algorithm=algorithm or "GRPO",
-            perception=perception,
-            config_rows=_config_rows(run_config),
-            lora_rows=_lora_rows(adapter_config),
-            eval_rows=evals["benchmarks"] if evals else [],
-            group_rows=evals["groups"] if evals else [],
-            overall=evals["overall"] if evals else None,
-            metric_name=evals["metric_name"] if evals else DEFAULT_METRIC_NAME,
-            protocol_text=evals["protocol_text"] if evals else "",
-            processor_source="adapter_id" if has_processor else "base_id",
-            has_processor=has_processor,
-            has_config="papo_config.yaml" in copied,
-            has_metrics="metrics.jsonl" in copied,
-            license=license,
-        )
-        (folder / "README.md").write_text(_tidy(str(card)), encoding="utf-8")
+        (folder / "README.md").write_text(card, encoding="utf-8")
+        _refuse_local_paths(folder, adapter_dir)
 
     return _build_atomically(Path(out_dir), write, overwrite=overwrite, source=adapter_dir)
+
+
+def _adapter_card(
+    folder: Path,
+    *,
+    base: str | None,
+    run_config: dict,
+    adapter_config: dict,
+    eval_results: dict | None = None,
+    datasets: list[str] | None = None,
+    license: str = "mit",
+    repo_id: str | None = None,
+    local_base: str | None = None,
+) -> str:
+    """The model card of the adapter whose files are in `folder`: metadata and text from the run's config.
+
+    `base` is the base model's Hub id; None when it is only known as a local folder (`local_base`, shown by
+    name, with no metadata link): the card of a `papo train` output folder before it is pushed.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    copied = {p.name for p in folder.iterdir() if p.is_file()}
+    peft_method = "QLoRA" if run_config.get("load_in_4bit") else "LoRA"
+    algorithm, perception = _algorithm(run_config)
+    train_data = list(datasets) if datasets else _training_datasets(run_config)
+    tags = ["papo", "trl", "peft", peft_method.lower()]
+    if algorithm is not None:
+        tags.append("dapo" if algorithm in ("PAPO-D", "DAPO") else "grpo")
+    tags.append("vision-language")
+    title_algorithm = algorithm or "PAPO"
+    base_label = base or local_base or "its base model"
+    title = f"{title_algorithm} {peft_method} adapter for {base_label.split('/')[-1]}"
+
+    evals = _normalise_eval_results(eval_results) if eval_results else None
+    card_data = ModelCardData(
+        base_model=base,
+        library_name="peft",
+        pipeline_tag="image-text-to-text",
+        license=license,
+        datasets=train_data or None,
+        tags=tags,
+        model_name=repo_id or title,
+        eval_results=(_model_index(evals, EvalResult) or None) if evals else None,
+    )
+    has_processor = any((folder / name).is_file() for name in PROCESSOR_FILES)
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(ADAPTER_CARD_TEMPLATE),
+        title=title,
+        base_model=base or "<base-model-hub-id>",
+        base_label=base_label,
+        base_on_hub=base is not None,
+        repo_id=repo_id or "<your-username>/<repo-name>",
+        peft_method=peft_method,
+        qlora=peft_method == "QLoRA",
+        algorithm=algorithm or "GRPO",
+        perception=perception,
+        config_rows=_config_rows(_scrub_local_paths(run_config)),
+        lora_rows=_lora_rows(adapter_config),
+        eval_rows=evals["benchmarks"] if evals else [],
+        group_rows=evals["groups"] if evals else [],
+        overall=evals["overall"] if evals else None,
+        comparison_rows=evals["comparison_rows"] if evals else [],
+        comparison_note=evals["comparison_note"] if evals else "",
+        metric_name=evals["metric_name"] if evals else DEFAULT_METRIC_NAME,
+        protocol_text=evals["protocol_text"] if evals else "",
+        processor_source="adapter_id" if has_processor else "base_id",
+        has_processor=has_processor,
+        has_config="papo_config.yaml" in copied,
+        has_metrics="metrics.jsonl" in copied,
+        license=license,
+    )
+    return _tidy(str(card))
+
+
+def write_training_card(adapter_dir: str | os.PathLike) -> Path:
+    """Put our card (``README.md``) in a `papo train` output folder, in place of PEFT's boilerplate.
+
+    The base model is linked when it was loaded by Hub id; a local base is named by its folder name only
+    (``papo push adapter --base-model <hub id>`` writes the card that is published).
+    """
+    from papo.files import write_text_atomically
+
+    adapter_dir = Path(adapter_dir)
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config_path = adapter_dir / "papo_config.yaml"
+    run_config = (yaml.safe_load(config_path.read_text()) or {}) if config_path.is_file() else {}
+    try:
+        base, local = _resolve_base_model(None, run_config, adapter_config), None
+    except ValueError:
+        recorded = run_config.get("model_name_or_path") or adapter_config.get("base_model_name_or_path")
+        base, local = None, Path(str(recorded or "its base model").rstrip("/")).name
+    card = _adapter_card(
+        adapter_dir, base=base, run_config=run_config, adapter_config=adapter_config, local_base=local
+    )
+    return write_text_atomically(adapter_dir / "README.md", card)
 
 
 def push_adapter(
@@ -269,6 +338,7 @@ def push_adapter(
         eval_results=eval_results,
         datasets=datasets,
         license=license,
+        base_config_from_hub=dry_run_dir is None,  # a dry run makes no request
     )
     return _build_then_push(
         build,
@@ -318,8 +388,8 @@ def build_eval_dataset_repo(
     parquets = sorted((eval_dir / "predictions").glob("*.parquet"))
     if not parquets:
         raise ValueError(f"{eval_dir / 'predictions'} holds no <benchmark>.parquet files")
-    model = model or results.get("model") or "unknown model"
-    adapter = adapter if adapter is not None else results.get("adapter")
+    model = _scrub_local_paths(model or results.get("model") or "unknown model")
+    adapter = _scrub_local_paths(adapter if adapter is not None else results.get("adapter"))
 
     benchmarks, configs, columns = [], [], {}
     for parquet in parquets:
@@ -340,7 +410,7 @@ def build_eval_dataset_repo(
                 file=parquet,
                 path_in_repo=path_in_repo,
                 synthetic=synthetic,
-                source="papo-hub synthetic (MIT)" if synthetic else f"`{PAPO_EVAL_DATASET}`",
+                source=_eval_source(results, name, synthetic),
             )
         )
         configs.append({"config_name": config, "data_files": [{"split": "test", "path": path_in_repo}]})
@@ -357,6 +427,13 @@ def build_eval_dataset_repo(
         for name in EVAL_FILES:
             if (eval_dir / name).is_file():
                 shutil.copyfile(eval_dir / name, folder / name)
+        if (
+            eval_dir / "results.json"
+        ).is_file():  # `papo eval` records the model/adapter as given: maybe paths
+            raw = json.loads((eval_dir / "results.json").read_text())
+            (folder / "results.json").write_text(
+                json.dumps(_scrub_local_paths(raw), indent=2, ensure_ascii=False) + "\n"
+            )
         model_label = f"{model} + adapter {adapter}" if adapter else model
         card_data = DatasetCardData(
             license=license,
@@ -389,6 +466,7 @@ def build_eval_dataset_repo(
             synthetic_benchmarks=[b["name"] for b in benchmarks if b["synthetic"]],
         )
         (folder / "README.md").write_text(_tidy(str(card)), encoding="utf-8")
+        _refuse_local_paths(folder, eval_dir)
 
     return _build_atomically(Path(out_dir), write, overwrite=overwrite, source=eval_dir)
 
@@ -651,6 +729,41 @@ def _redact_secrets(value: Any) -> Any:
     return value
 
 
+def _is_local_absolute(text: str) -> bool:
+    return text.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", text) is not None
+
+
+def _scrub_local_paths(value: Any) -> Any:
+    """Every absolute local path in `value` (nested) replaced by ``<local>/<its last component>``."""
+    if isinstance(value, dict):
+        return {k: _scrub_local_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_local_paths(v) for v in value]
+    if isinstance(value, str) and _is_local_absolute(value):
+        return f"<local>/{Path(value.rstrip('/')).name}"
+    return value
+
+
+# The files a build writes or rewrites (tokenizer vocabularies and model outputs may hold any string).
+_WRITTEN_FILES = ("README.md", "adapter_config.json", "papo_config.yaml", "results.json", "results.md")
+
+
+def _refuse_local_paths(folder: Path, source: Path) -> None:
+    """Refuse a built folder whose card, configs or results name the source folder or the home directory."""
+    needles = {str(source.resolve()), str(source.absolute()), str(Path.home())}
+    needles = {n.encode() for n in needles if len(n) > 1}
+    for name in _WRITTEN_FILES:
+        path = folder / name
+        if path.is_file():
+            data = path.read_bytes()
+            for needle in needles:
+                if needle in data:
+                    raise ValueError(
+                        f"refusing to publish {path.relative_to(folder)}: it contains the local path "
+                        f"{needle.decode()!r}; nothing pushed to the Hub may name a local path"
+                    )
+
+
 def _looks_local(text: str) -> bool:
     return (
         text.startswith((".", "/", "~"))
@@ -689,6 +802,84 @@ def _resolve_base_model(base_model: str | None, run_config: dict, adapter_config
             "Hub id of that base model (e.g. Qwen/Qwen2.5-VL-3B-Instruct)"
         )
     return recorded
+
+
+class BaseModelMismatchError(ValueError):
+    """The adapter's weights cannot load on the named base model (their shapes or modules differ)."""
+
+
+def _base_model_config(base: str, ask_hub: bool = True):
+    """The base model's config from the HF cache, else (`ask_hub`) the Hub; None when neither has it."""
+    from transformers import AutoConfig
+
+    for local_only in (True, False) if ask_hub else (True,):
+        try:
+            return AutoConfig.from_pretrained(base, local_files_only=local_only)
+        except Exception:  # not cached / offline / not on the Hub: try the next source
+            continue
+    return None
+
+
+def check_adapter_fits_base(adapter_weights: str | os.PathLike, base: str, *, ask_hub: bool = True) -> bool:
+    """Refuse an adapter whose LoRA shapes do not match the modules of `base` (a Hub id).
+
+    The base model is built from its config on the ``meta`` device (no weights are read or downloaded),
+    and every ``lora_A`` (``[r, in_features]``) / ``lora_B`` (``[out_features, r]``) of the adapter is
+    compared with the linear layer it wraps. Returns True when checked, False (with a warning) when the
+    base model's config is neither in the HF cache nor (with `ask_hub`) on the Hub. Raises
+    :class:`BaseModelMismatchError` naming the first mismatching modules.
+    """
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForImageTextToText
+
+    config = _base_model_config(base, ask_hub)
+    if config is None:
+        logger.warning(
+            "could not read the config of %s (not in the HF cache%s): the adapter's shapes were NOT checked "
+            "against it; `hf download %s config.json` to check offline",
+            base,
+            ", not found on the Hub" if ask_hub else "; a dry run does not ask the Hub",
+            base,
+        )
+        return False
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    modules = dict(model.named_modules())
+    problems: list[str] = []
+    with safe_open(str(adapter_weights), framework="pt") as weights:
+        for key in weights.keys():
+            match = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.(lora_A|lora_B)(?:\.[\w-]+)?\.weight", key)
+            if not match:
+                continue
+            path, which = match.groups()
+            module = modules.get(path) or _module_by_suffix(modules, path)
+            if module is None:
+                problems.append(f"{path}: no such module in {base}")
+                continue
+            shape = tuple(weights.get_slice(key).get_shape())
+            expected = getattr(module, "in_features" if which == "lora_A" else "out_features", None)
+            actual = shape[1] if which == "lora_A" else shape[0]
+            if expected is not None and actual != expected:
+                side = "in" if which == "lora_A" else "out"
+                problems.append(f"{path}.{which} {list(shape)}: {base} has {side}_features={expected}")
+            if len(problems) >= 3:
+                break
+    if problems:
+        raise BaseModelMismatchError(
+            f"the adapter does not fit --base-model {base}: "
+            + "; ".join(problems)
+            + ". Pass the Hub id of the "
+            "model the adapter was trained on (its weights could not be loaded on this one)."
+        )
+    return True
+
+
+def _module_by_suffix(modules: dict, path: str):
+    """A module named `path` under a renamed prefix (adapters saved by older transformers: model.layers...)."""
+    tail = path.split(".", 1)[-1]
+    found = [m for name, m in modules.items() if name.endswith("." + tail) or name == tail]
+    return found[0] if len(found) == 1 else None
 
 
 def _training_datasets(run_config: dict) -> list[str]:
@@ -832,27 +1023,79 @@ def _normalise_eval_results(eval_results: dict) -> dict[str, Any]:
             if acc is None:
                 continue
             n = value.get("n") if isinstance(value, dict) else None
-            out.append({"name": str(name), "value": acc, "accuracy": f"{acc:.2f}", "n": n if n else "—"})
+            dataset = value.get("dataset") if isinstance(value, dict) else None
+            complete = bool(value.get("complete")) if isinstance(value, dict) else False
+            cited = bool(dataset) and complete and not _is_synthetic(str(name))
+            source = f"`{dataset}`" if dataset else "local data"
+            if dataset and not complete:
+                source += " (part)"
+            out.append(
+                {
+                    "name": str(name),
+                    "value": acc,
+                    "accuracy": f"{acc:.2f}",
+                    "n": n if n else "—",
+                    "dataset": dataset if cited else None,
+                    "source": source,
+                }
+            )
         return out
 
     overall = _accuracy(eval_results.get("overall"))
+    benchmarks = rows(eval_results.get("benchmarks"))
+    cited = {row["dataset"] for row in benchmarks}
     return {
-        "benchmarks": rows(eval_results.get("benchmarks")),
+        "benchmarks": benchmarks,
         "groups": rows(eval_results.get("groups")),
         "overall": None if overall is None else f"{overall:.2f}",
         "overall_value": overall,
         "metric_name": metric_name,
         "protocol_text": protocol_text,
-        "dataset": eval_results.get("dataset") or PAPO_EVAL_DATASET,
+        # averages are cited only when every benchmark behind them is a complete split of one Hub dataset
+        "averages_dataset": next(iter(cited)) if len(cited) == 1 and None not in cited else None,
+        **_comparison_rows(eval_results.get("comparison")),
     }
 
 
+def _comparison_rows(comparison: Any) -> dict[str, Any]:
+    """The card's paired-statistics table from results.json's "comparison" (papo.stats via `papo eval --compare`)."""
+    if not isinstance(comparison, dict) or not isinstance(comparison.get("benchmarks"), dict):
+        return {"comparison_rows": [], "comparison_note": ""}
+
+    def row(name: str, r: dict, q: Any) -> dict[str, str]:
+        return {
+            "name": _cell(name),
+            "n": str(r.get("n", "—")),
+            "diff": f"{r['diff']:+.2f}",
+            "ci": f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]",
+            "p": f"{r['mcnemar_p']:.3g}",
+            "q": "–" if q is None else f"{q:.3g}",
+            "verdict": _cell(r.get("verdict", "")),
+        }
+
+    rows = [row(name, r, r.get("q_value")) for name, r in comparison["benchmarks"].items()]
+    if isinstance(comparison.get("overall"), dict):
+        rows.append(row("Overall", comparison["overall"], None))
+    note = (
+        f"Δ = this adapter − {_cell(comparison.get('baseline') or 'the baseline')}, in percentage points; "
+        f"{comparison.get('confidence', 0.95):.0%} CI by paired bootstrap over questions "
+        f"({comparison.get('n_resamples', 10000):,} replicates, seed {comparison.get('seed', 0)}); McNemar's exact "
+        f"test on {comparison.get('mcnemar_on', 'per-question correctness')}; q: Benjamini-Hochberg across "
+        "benchmarks. A Δ whose CI contains 0 is inside the noise."
+    )
+    return {"comparison_rows": rows, "comparison_note": note}
+
+
 def _model_index(evals: dict[str, Any], eval_result_cls: type) -> list:
-    def result(name: str, value: float, config: str) -> Any:
+    """Results on Hub datasets only: a benchmark evaluated on a complete split of a Hub dataset (recorded by
+    `papo eval` as ``dataset`` and ``complete``); group and overall averages only when all benchmarks are.
+    Local, partial or synthetic evaluations stay in the card's table, never in the metadata."""
+
+    def result(name: str, value: float, config: str, dataset: str) -> Any:
         return eval_result_cls(
             task_type="image-text-to-text",
             task_name="Multimodal reasoning",
-            dataset_type=evals["dataset"] if not _is_synthetic(name) else "synthetic-perception",
+            dataset_type=dataset,
             dataset_name=name,
             dataset_config=config,
             dataset_split="test",
@@ -862,14 +1105,29 @@ def _model_index(evals: dict[str, Any], eval_result_cls: type) -> list:
         )
 
     # The Hub groups model-index entries by (task, dataset type, config, split): each needs its own config.
-    results = [result(row["name"], row["value"], _config_name(row["name"])) for row in evals["benchmarks"]]
-    results += [
-        result(f"{row['name']} (average)", row["value"], "average-" + _config_name(row["name"]))
-        for row in evals["groups"]
+    results = [
+        result(row["name"], row["value"], _config_name(row["name"]), row["dataset"])
+        for row in evals["benchmarks"]
+        if row["dataset"]
     ]
-    if evals["overall_value"] is not None:
-        results.append(result("Overall (average)", evals["overall_value"], "average-overall"))
+    averages = evals["averages_dataset"]
+    if averages:
+        results += [
+            result(f"{row['name']} (average)", row["value"], "average-" + _config_name(row["name"]), averages)
+            for row in evals["groups"]
+        ]
+        if evals["overall_value"] is not None:
+            results.append(result("Overall (average)", evals["overall_value"], "average-overall", averages))
     return results
+
+
+def _eval_source(results: dict, name: str, synthetic: bool) -> str:
+    """Where a benchmark's questions came from, as recorded by `papo eval` (never guessed from the name)."""
+    recorded = (results.get("benchmarks") or {}).get(name)
+    dataset = recorded.get("dataset") if isinstance(recorded, dict) else None
+    if dataset:
+        return f"`{dataset}`" + ("" if recorded.get("complete") else " (part of the split)")
+    return "papo-hub synthetic (MIT)" if synthetic else "local data"
 
 
 def _protocol_summary(protocol: dict, short: bool = False) -> str:

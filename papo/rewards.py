@@ -140,15 +140,35 @@ def _grade_math_verify(prediction: str, ground_truth: str) -> bool:
     return bool(_mv_verify(gold, answer, timeout_seconds=timeout))
 
 
+# A multi-select gold such as "A, C" (LogicVista): two or more option letters separated by commas.
+_MULTI_SELECT_GOLD = re.compile(r"\s*[A-Z]\s*(?:,\s*[A-Z]\s*)+")
+# An answer made only of option letters, optionally in parentheses, separated by commas, ";", "&" or "and".
+_LETTER_LIST = re.compile(r"\s*\(?[A-Z]\)?\s*(?:(?:,|;|&|\band\b)?\s*\(?[A-Z]\)?\s*)*")
+_LETTER = re.compile(r"(?<![A-Za-z])[A-Z](?![a-z])")
+
+
+def multi_select_letters(text: str) -> frozenset[str] | None:
+    """The option letters of a letter-list answer (``"A, C"``, ``"(C) and (A)"``), or None for anything else."""
+    if not _LETTER_LIST.fullmatch(text):
+        return None
+    return frozenset(_LETTER.findall(text))
+
+
 def grade(prediction: str | None, ground_truth: str, grader: str = "mathruler") -> bool:
     """Whether the extracted ``prediction`` is equivalent to ``ground_truth`` according to ``grader``.
 
     ``None`` (no answer found) is never correct; any grader exception or timeout counts as incorrect.
+    A multi-select gold (``"A, C"``, as in LogicVista) is graded as a set of letters: ``"C, A"`` is
+    right, ``"A"`` or ``"A, B, C"`` is wrong (mathruler alone would reject ``"C, A"``).
     """
     _check_grader(grader)
     if prediction is None:
         return False
     ground_truth = str(ground_truth)  # datasets sometimes store numeric answers as numbers
+    if _MULTI_SELECT_GOLD.fullmatch(ground_truth):
+        letters = multi_select_letters(prediction)
+        if letters is not None:
+            return letters == multi_select_letters(ground_truth)
     try:
         if grader == "mathruler":
             return bool(_call_with_timeout(_mathruler_grade, prediction, ground_truth))

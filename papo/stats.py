@@ -7,7 +7,10 @@ One home for the tests every comparison in papo uses (the mini reproduction's se
   percentile-bootstrap confidence interval (``scipy.stats.bootstrap`` resampling the pairs);
 * `paired_t_test`: the two-sided paired t-test over the same pairs (``scipy.stats.ttest_rel``);
 * `mcnemar_exact`: McNemar's exact test on paired 0/1 outcomes (binomial test on the discordant pairs);
-* `benjamini_hochberg`: q-values across several comparisons (``scipy.stats.false_discovery_control``).
+* `benjamini_hochberg`: q-values across several comparisons (``scipy.stats.false_discovery_control``);
+* `stratified_bootstrap_ci`: the mean over strata (benchmarks) of the mean paired difference, each stratum
+  resampled on its own (``scipy.stats.bootstrap`` over several samples);
+* `compare_benchmarks`: all of the above per benchmark and overall, for two evaluations of the same questions.
 
 A result is "inside the noise" when its confidence interval contains 0 (`PairedComparison.significant`).
 """
@@ -27,6 +30,10 @@ __all__ = [
     "compare_paired",
     "mcnemar_exact",
     "benjamini_hochberg",
+    "stratified_bootstrap_ci",
+    "majority_correct",
+    "compare_benchmarks",
+    "seed_spread",
 ]
 
 
@@ -174,3 +181,134 @@ def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
     if finite.any():
         q[finite] = stats.false_discovery_control(p[finite], method="bh")
     return [float(x) for x in q]
+
+
+def stratified_bootstrap_ci(
+    pairs: Sequence[tuple[Sequence[float], Sequence[float]]],
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``mean over strata s of mean(b_s - a_s)`` and its percentile-bootstrap CI, resampling within strata.
+
+    Each stratum (a benchmark: its questions, paired) is resampled independently, so the statistic keeps
+    Table 1's definition of Overall (a mean of per-benchmark accuracies). One stratum reduces to
+    `paired_bootstrap_ci`.
+    """
+    from scipy import stats
+
+    diffs = [_paired(a, b) for a, b in pairs]
+    if not diffs:
+        raise ValueError("no strata given")
+    mean = float(np.mean([d.mean() for d in diffs]))
+    if len(diffs) == 1:
+        return paired_bootstrap_ci(*pairs[0], confidence=confidence, n_resamples=n_resamples, seed=seed)
+    if all(d.size < 2 or np.all(d == d[0]) for d in diffs):
+        return mean, mean, mean
+
+    def statistic(*samples, axis=-1):
+        return np.mean([np.mean(sample, axis=axis) for sample in samples], axis=0)
+
+    result = stats.bootstrap(
+        tuple(diffs),
+        statistic,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        vectorized=True,
+        batch=500,  # 500 replicates at a time: memory ~ 500 x all questions, not 10,000 x
+        random_state=np.random.default_rng(seed),
+    )
+    return mean, float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def majority_correct(correct: Sequence[Sequence[bool]]) -> np.ndarray:
+    """Per question, whether a strict majority of its k samples is correct (shape ``(n,)``; k/2 is not)."""
+    return np.array([2 * sum(bool(c) for c in samples) > len(samples) for samples in correct], dtype=bool)
+
+
+def compare_benchmarks(
+    benchmarks: dict[str, dict[str, Sequence]],
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> dict:
+    """Candidate vs baseline on the same questions, per benchmark and overall, in percentage points.
+
+    Args:
+        benchmarks: ``{name: {"baseline": per-question accuracy in [0, 1] (mean of its k samples),
+            "candidate": the same questions' accuracies, "baseline_correct": per-question lists of per-sample
+            correctness, "candidate_correct": ...}}``, questions in the same order in both runs.
+
+    Per benchmark: ``diff`` = 100·mean(candidate − baseline) with its paired-bootstrap CI (questions
+    resampled, `n_resamples` replicates, `seed`); ``mcnemar_p``, McNemar's exact test on per-question
+    correctness by **strict majority over the k samples**; ``q_value``, Benjamini-Hochberg across the
+    benchmarks; ``verdict``. Overall: the mean of the per-benchmark differences (Table 1's Overall) with a
+    bootstrap CI that resamples questions within each benchmark, and McNemar's test over all questions.
+    """
+    rows: dict[str, dict] = {}
+    for name, data in benchmarks.items():
+        a, b = data["baseline"], data["candidate"]
+        mean, low, high = paired_bootstrap_ci(a, b, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        p = mcnemar_exact(
+            majority_correct(data["baseline_correct"]), majority_correct(data["candidate_correct"])
+        )
+        rows[name] = _comparison_row(len(a), mean, low, high, p, confidence)
+    q_values = benjamini_hochberg([row["mcnemar_p"] for row in rows.values()])
+    for row, q in zip(rows.values(), q_values, strict=True):
+        row["q_value"] = q
+    overall = None
+    if rows:
+        pairs = [(data["baseline"], data["candidate"]) for data in benchmarks.values()]
+        mean, low, high = stratified_bootstrap_ci(
+            pairs, confidence=confidence, n_resamples=n_resamples, seed=seed
+        )
+        a_major = np.concatenate([majority_correct(d["baseline_correct"]) for d in benchmarks.values()])
+        b_major = np.concatenate([majority_correct(d["candidate_correct"]) for d in benchmarks.values()])
+        overall = _comparison_row(len(a_major), mean, low, high, mcnemar_exact(a_major, b_major), confidence)
+    return {
+        "benchmarks": rows,
+        "overall": overall,
+        "confidence": confidence,
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "units": "percentage points",
+        "mcnemar_on": "per-question correctness by strict majority of the k samples",
+        "q_values": "Benjamini-Hochberg over the benchmarks' McNemar p-values",
+    }
+
+
+def _comparison_row(n: int, mean: float, low: float, high: float, p: float, confidence: float) -> dict:
+    inside = low <= 0 <= high
+    if n < 2:
+        verdict = "one question only: no estimate of the noise"
+    elif inside:
+        verdict = "inside the noise"
+    else:
+        verdict = "gain" if mean > 0 else "loss"
+    return {
+        "n": n,
+        "diff": 100 * mean,
+        "ci_low": 100 * low,
+        "ci_high": 100 * high,
+        "confidence": confidence,
+        "mcnemar_p": p,
+        "significant": not inside and n >= 2,
+        "verdict": verdict,
+    }
+
+
+def seed_spread(values: Sequence[float]) -> dict:
+    """Spread of one metric over runs that differ only in their seed: n, mean, sample SD (ddof 1), min, max."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"seed_spread needs a non-empty 1-D sequence, got shape {arr.shape}")
+    return {
+        "n": int(arr.size),
+        "mean": float(arr.mean()),
+        "sd": float(arr.std(ddof=1)) if arr.size > 1 else math.nan,
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+    }

@@ -202,6 +202,10 @@ def train(script_args, training_args, model_args):
         return trainer
     trainer.save_model(training_args.output_dir)
     processor.save_pretrained(training_args.output_dir)
+    if (Path(training_args.output_dir) / "adapter_config.json").is_file():
+        from papo.hub import write_training_card
+
+        write_training_card(training_args.output_dir)  # our card, not PEFT's "More Information Needed"
     return trainer
 
 

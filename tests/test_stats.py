@@ -70,3 +70,76 @@ def test_benjamini_hochberg():
     assert math.isnan(q[3])
     # By hand: sorted p .01 .03 .04 .5 (m = 4) -> .04, .06, .0533, .5 -> running minimum from the top.
     assert q[:3] + q[4:] == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
+
+
+def test_stratified_ci_matches_scipy_and_reduces_to_the_paired_one():
+    from papo.stats import stratified_bootstrap_ci
+
+    rng = np.random.default_rng(2)
+    pairs = [(rng.random(30), rng.random(30)), (rng.random(12), rng.random(12) + 0.2)]
+    mean, low, high = stratified_bootstrap_ci(pairs, n_resamples=2000, seed=5)
+    assert mean == pytest.approx(np.mean([np.mean(b - a) for a, b in pairs]))
+    ref = stats.bootstrap(
+        tuple(b - a for a, b in pairs),
+        lambda *s, axis=-1: np.mean([np.mean(x, axis=axis) for x in s], axis=0),
+        n_resamples=2000,
+        method="percentile",
+        vectorized=True,
+        batch=500,
+        random_state=np.random.default_rng(5),
+    ).confidence_interval
+    assert (low, high) == pytest.approx((ref.low, ref.high))
+    assert stratified_bootstrap_ci(pairs[:1], seed=1) == paired_bootstrap_ci(*pairs[0], seed=1)
+
+
+def test_compare_benchmarks_on_a_hand_made_case():
+    from papo.stats import compare_benchmarks, majority_correct
+
+    assert list(majority_correct([[1, 1, 0], [1, 0], [0, 0, 1], [1, 1]])) == [True, False, False, True]
+    # Benchmark X: 10 questions, k = 2. The candidate fixes 6 questions and breaks 1 (by majority).
+    base_x = [[0, 0]] * 6 + [[1, 1]] + [[1, 1]] * 2 + [[0, 1]]
+    cand_x = [[1, 1]] * 6 + [[0, 0]] + [[1, 1]] * 2 + [[0, 1]]
+    # Benchmark Y: identical runs.
+    base_y = cand_y = [[1, 0], [1, 1], [0, 0], [1, 1]]
+    acc = lambda rows: [sum(r) / len(r) for r in rows]  # noqa: E731
+    data = {
+        "X": {
+            "baseline": acc(base_x),
+            "candidate": acc(cand_x),
+            "baseline_correct": base_x,
+            "candidate_correct": cand_x,
+        },
+        "Y": {
+            "baseline": acc(base_y),
+            "candidate": acc(cand_y),
+            "baseline_correct": base_y,
+            "candidate_correct": cand_y,
+        },
+    }
+    result = compare_benchmarks(data, n_resamples=2000, seed=0)
+    x, y = result["benchmarks"]["X"], result["benchmarks"]["Y"]
+    assert x["diff"] == pytest.approx(100 * (6 - 1) / 10)
+    assert x["mcnemar_p"] == pytest.approx(stats.binomtest(6, 7, 0.5).pvalue)
+    _, low, high = paired_bootstrap_ci(acc(base_x), acc(cand_x), n_resamples=2000, seed=0)
+    assert (x["ci_low"], x["ci_high"]) == pytest.approx((100 * low, 100 * high))
+    assert (y["diff"], y["mcnemar_p"], y["verdict"]) == (0.0, 1.0, "inside the noise")
+    q = stats.false_discovery_control([x["mcnemar_p"], 1.0], method="bh")
+    assert [x["q_value"], y["q_value"]] == pytest.approx(list(q))
+    overall = result["overall"]
+    assert overall["n"] == 14 and overall["diff"] == pytest.approx((x["diff"] + 0.0) / 2)
+    assert overall["mcnemar_p"] == pytest.approx(stats.binomtest(6, 7, 0.5).pvalue)
+    assert result["mcnemar_on"].startswith("per-question correctness by strict majority")
+
+
+def test_seed_spread_against_numpy():
+    import statistics
+
+    from papo.stats import seed_spread
+
+    values = [41.2, 44.0, 42.5, 43.1]
+    spread = seed_spread(values)
+    assert spread["sd"] == pytest.approx(statistics.stdev(values))
+    assert (spread["n"], spread["mean"], spread["min"], spread["max"]) == (4, pytest.approx(42.7), 41.2, 44.0)
+    assert math.isnan(seed_spread([50.0])["sd"])
+    with pytest.raises(ValueError, match="non-empty"):
+        seed_spread([])

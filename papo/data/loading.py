@@ -93,7 +93,76 @@ def load_papo_dataset(source: str | os.PathLike | Dataset | DatasetDict, split: 
     `source` may be a `Dataset`/`DatasetDict`; a directory written by `save_to_disk`; a directory
     of parquet/json files; a `.parquet`, `.json` or `.jsonl` file; or a Hub dataset id
     (e.g. ``PAPOGalaxy/PAPO_ViRL39K_train``). `split` picks the split where there are several.
+
+    ``images`` may hold embedded images or relative path strings (both forms of
+    ``PAPOGalaxy/PAPO_ViRL39K_train`` are published); paths are looked up next to the data, in the
+    folder above a ``data/`` folder, then in the zips found there (extracted once, safely, into a
+    cache folder: :mod:`papo.data.archives`), and become image features.
     """
+    dataset = _load_any(source, split)
+    return images_from_paths(dataset, lambda: _local_roots(source), name=str(source))
+
+
+def images_from_paths(dataset: Dataset, roots, *, name: str, image_key: str = "images") -> Dataset:
+    """`dataset` with an ``images`` column of relative path strings turned into image features.
+
+    `roots` is a callable giving the folders to look the paths up in (called only when needed). Paths
+    must stay inside those folders; an image found nowhere is an error naming the row.
+    """
+    feature = dataset.features.get(image_key) if image_key in dataset.column_names else None
+    inner = feature.feature if isinstance(feature, datasets.List) else feature
+    if not (isinstance(inner, datasets.Value) and inner.dtype in ("string", "large_string")):
+        return dataset
+    from papo.data.archives import default_cache_dir, extract_zip_cached, find_image
+
+    folders = [Path(r) for r in roots()]
+    with_zips: list[Path] | None = None
+
+    def resolve(paths, index):
+        nonlocal with_zips
+        paths = [paths] if isinstance(paths, str) else paths or []
+        out = []
+        for position, image_path in enumerate(paths):
+            where = f"{name} row {index}, image {position}"
+            found = find_image(folders, image_path, where)
+            if found is None:
+                if with_zips is None:
+                    zips = sorted({z for folder in folders for z in folder.glob("*.zip")})
+                    with_zips = [extract_zip_cached(z, default_cache_dir()) for z in zips]
+                found = find_image(with_zips, image_path, where)
+            if found is None:
+                raise FileNotFoundError(
+                    f"{where}: {image_path!r} not found under {[str(f) for f in folders]} or in their zips; "
+                    "download the dataset's images too (e.g. `hf download <repo> --repo-type dataset`)"
+                )
+            out.append({"path": str(found), "bytes": None})
+        return {image_key: out}
+
+    converted = dataset.map(
+        resolve,
+        input_columns=[image_key],
+        with_indices=True,
+        features=datasets.Features({**dataset.features, image_key: datasets.List(datasets.Image())}),
+        desc="Resolving image paths",
+    )
+    return converted
+
+
+def _local_roots(source) -> list[Path]:
+    """Folders a dataset's relative image paths may start from (downloading a Hub repo's files)."""
+    if isinstance(source, Dataset | DatasetDict):
+        return [Path.cwd()]
+    path = Path(source)
+    if path.is_dir():
+        return [path] + ([path.parent] if path.name == "data" else [])
+    if path.is_file():
+        return [path.parent] + ([path.parent.parent] if path.parent.name == "data" else [])
+    from huggingface_hub import snapshot_download
+
+    return [Path(snapshot_download(str(source), repo_type="dataset"))]
+
+
+def _load_any(source: str | os.PathLike | Dataset | DatasetDict, split: str) -> Dataset:
     if isinstance(source, DatasetDict):
         return _pick_split(source, split, str(source))
     if isinstance(source, Dataset):
@@ -113,7 +182,7 @@ def load_papo_dataset(source: str | os.PathLike | Dataset | DatasetDict, split: 
                 )
             return datasets.load_dataset(builder, data_files=str(path), split="train")
         return _pick_split(datasets.load_dataset(str(path)), split, str(path))
-    if os.sep in str(source) and not _looks_like_hub_id(str(source)):
+    if os.sep in str(source) and not looks_like_hub_id(str(source)):
         raise FileNotFoundError(f"dataset path {source} does not exist")
     try:
         return datasets.load_dataset(str(source), split=split)
@@ -323,6 +392,7 @@ def _pick_split(dataset_dict: DatasetDict, split: str, name: str) -> Dataset:
     return dataset_dict[split]
 
 
-def _looks_like_hub_id(text: str) -> bool:
+def looks_like_hub_id(text: str) -> bool:
+    """``namespace/name``: the shape of a Hub repo id (whether it exists is not checked)."""
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith((".", "/"))

@@ -64,6 +64,7 @@ BENCHMARK_ALIASES: dict[str, str] = {
     "MMK12": "MMK12",
     "PAPO_MMK12": "MMK12",
     "FanqingM_MMK12": "MMK12",
+    "PAPO_MMK12_test": "MMK12",
     "AI4Math_MathVerse": "MathVerse",
     # Vision-dependent
     "lscpku_LogicVista": "LogicVista",
@@ -75,6 +76,7 @@ BENCHMARK_ALIASES: dict[str, str] = {
     "AI4Math_MathVerse_vision_dependent": "MathVerse_V",
     "MathVerse_vision_dependent": "MathVerse_V",
     "MathVerse-V": "MathVerse_V",
+    "AI4Math_MathVerse_vision": "MathVerse_V",
 }
 
 _UP, _DOWN, _FLAT = "↑", "↓", "±"
@@ -326,6 +328,127 @@ def markdown_table(
 
 
 # --------------------------------------------------------------------------------------------------------
+# Paired statistics (papo.stats) on two runs' per-question predictions
+# --------------------------------------------------------------------------------------------------------
+
+
+def paired_comparison(
+    baseline_dir: str | os.PathLike,
+    candidate_dir: str | os.PathLike,
+    benchmarks: list[str],
+    *,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """:func:`papo.stats.compare_benchmarks` of two `papo eval` runs, questions paired by ``id``.
+
+    Reads ``predictions/<benchmark>.parquet`` of both runs (``id``, ``accuracy``, ``correct``). Benchmarks
+    missing from either run are listed under ``"unpaired"``; questions only one run has are left out and
+    counted. Returns None when no benchmark can be paired.
+    """
+    import pyarrow.parquet as pq
+
+    from papo.stats import compare_benchmarks
+
+    data: dict[str, dict[str, list]] = {}
+    unpaired: dict[str, str] = {}
+    dropped: dict[str, int] = {}
+    for name in benchmarks:
+        paths = [Path(d) / "predictions" / f"{name}.parquet" for d in (baseline_dir, candidate_dir)]
+        if not all(p.is_file() for p in paths):
+            unpaired[name] = "no per-question predictions in " + " and ".join(
+                str(p.parent.parent.name) for p in paths if not p.is_file()
+            )
+            continue
+        base, cand = (pq.read_table(p, columns=["id", "accuracy", "correct"]).to_pylist() for p in paths)
+        base_by_id = {row["id"]: row for row in base}
+        common = [row for row in cand if row["id"] in base_by_id]
+        dropped[name] = len(base) + len(cand) - 2 * len(common)
+        if not common:
+            unpaired[name] = "no question id in common"
+            continue
+        data[name] = {
+            "baseline": [base_by_id[row["id"]]["accuracy"] for row in common],
+            "candidate": [row["accuracy"] for row in common],
+            "baseline_correct": [base_by_id[row["id"]]["correct"] for row in common],
+            "candidate_correct": [row["correct"] for row in common],
+        }
+    if not data:
+        return None
+    result = compare_benchmarks(data, n_resamples=n_resamples, seed=seed)
+    result["unpaired"] = unpaired
+    result["unpaired_questions"] = {k: v for k, v in dropped.items() if v}
+    return result
+
+
+def comparison_markdown(comparison: Mapping[str, Any], baseline: str, candidate: str, digits: int = 2) -> str:
+    """The paired-statistics table under Table 1: Δ, CI, McNemar p and BH q per benchmark and overall."""
+    level = f"{comparison['confidence']:.0%}"
+    lines = [
+        f"Paired comparison, {_md_escape(candidate)} − {_md_escape(baseline)} (percentage points):",
+        "",
+        f"| Benchmark | Questions | Δ | {level} CI | McNemar p | BH q | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, r: Mapping[str, Any], q: str) -> str:
+        ci = f"[{r['ci_low']:+.{digits}f}, {r['ci_high']:+.{digits}f}]"
+        return (
+            f"| {_md_escape(name)} | {r['n']} | {r['diff']:+.{digits}f} | {ci} | {r['mcnemar_p']:.3g} | {q} | "
+            f"{r['verdict']} |"
+        )
+
+    for name, r in comparison["benchmarks"].items():
+        lines.append(row(name, r, f"{r['q_value']:.3g}"))
+    if comparison.get("overall"):
+        lines.append(row("**Overall**", comparison["overall"], "–"))
+    notes = [
+        f"CI: percentile bootstrap over questions ({comparison['n_resamples']:,} replicates, seed "
+        f"{comparison['seed']}); Overall resamples within each benchmark. McNemar: exact test on "
+        f"{comparison['mcnemar_on']}. q: {comparison['q_values']}. A Δ whose CI contains 0 is inside the noise."
+    ]
+    for name, reason in (comparison.get("unpaired") or {}).items():
+        notes.append(f"{_md_escape(name)}: not compared ({reason}).")
+    for name, count in (comparison.get("unpaired_questions") or {}).items():
+        notes.append(f"{_md_escape(name)}: {count} questions not in both runs left out.")
+    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+
+
+def seed_spreads(runs_by_seed: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """:func:`papo.stats.seed_spread` per benchmark and Overall over runs of one model with different seeds.
+
+    `runs_by_seed` maps a run's name (its seed) to its per-benchmark accuracies (percent); a benchmark counts
+    only the runs that have it.
+    """
+    from papo.stats import seed_spread
+
+    per_run = {run: summarize(acc) for run, acc in runs_by_seed.items()}
+    names = _ordered_benchmarks([b for s in per_run.values() for b in s["benchmarks"]], TABLE1_GROUPS)
+    out = {
+        name: seed_spread([s["benchmarks"][name] for s in per_run.values() if name in s["benchmarks"]])
+        for name in names
+    }
+    out["Overall"] = seed_spread([s["overall"] for s in per_run.values()])
+    return {"runs": list(runs_by_seed), "benchmarks": out}
+
+
+def seed_spread_markdown(spreads: Mapping[str, Any], label: str, digits: int = 2) -> str:
+    lines = [
+        f"Seed spread of {_md_escape(label)} over {len(spreads['runs'])} runs ({', '.join(map(str, spreads['runs']))}):",
+        "",
+        "| Benchmark | Runs | Mean | SD | Min | Max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in spreads["benchmarks"].items():
+        sd = "–" if math.isnan(r["sd"]) else f"{r['sd']:.{digits}f}"
+        lines.append(
+            f"| {_md_escape(name)} | {r['n']} | {r['mean']:.{digits}f} | {sd} | {r['min']:.{digits}f} | "
+            f"{r['max']:.{digits}f} |"
+        )
+    return "\n".join(lines) + "\n\nSD: sample standard deviation over the runs (ddof 1), in percent.\n"
+
+
+# --------------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------------
 
@@ -356,11 +479,15 @@ def plot_comparison(
     path: str | os.PathLike,
     groups: Mapping[str, list[str]] | None = TABLE1_GROUPS,
     title: str | None = None,
+    comparison: Mapping[str, Any] | None = None,
+    candidate: str | None = None,
 ) -> Path:
     """Write a grouped bar chart (PNG) comparing runs: one bar per run for each benchmark, group AVG and Overall.
 
     Categories follow :func:`markdown_table`'s column order; the AVG and Overall categories sit on a grey
-    band. Rendered with matplotlib's Agg canvas (no display, no pyplot global state) and written
+    band. With a `comparison` (:func:`paired_comparison`), the `candidate` run's bars for each compared benchmark
+    and Overall carry error bars: the CI of the paired difference placed on the candidate's accuracy, so a bar
+    whose error bar reaches the baseline's height is a difference inside the noise. Rendered with matplotlib's Agg canvas (no display, no pyplot global state) and written
     atomically (temporary file + ``os.replace``). Needs ``matplotlib`` (not a core dependency).
     """
     try:
@@ -393,7 +520,19 @@ def plot_comparison(
                 value = summary["overall"]
             heights.append(math.nan if value is None else value)
         xs = [c - 0.4 + bar_w * (i + 0.5) for c in range(n_cats)]
-        bars = ax.bar(xs, heights, width=bar_w * 0.95, label=label, zorder=3)
+        yerr = None
+        if comparison is not None and label == candidate:
+            yerr = [[math.nan] * n_cats, [math.nan] * n_cats]
+            for c, (kind, _, key) in enumerate(columns):
+                stats_row = comparison["benchmarks"].get(key) if kind == "bench" else None
+                if kind == "overall":
+                    stats_row = comparison.get("overall")
+                if stats_row and not math.isnan(heights[c]):
+                    yerr[0][c] = max(stats_row["diff"] - stats_row["ci_low"], 0.0)
+                    yerr[1][c] = max(stats_row["ci_high"] - stats_row["diff"], 0.0)
+        bars = ax.bar(
+            xs, heights, width=bar_w * 0.95, label=label, zorder=3, yerr=yerr, capsize=3 if yerr else 0
+        )
         if n_runs * n_cats <= 60:  # value labels only while they stay legible
             ax.bar_label(
                 bars,
@@ -416,7 +555,10 @@ def plot_comparison(
     ax.set_ylabel("Accuracy (%)")
     ax.grid(axis="y", alpha=0.3, zorder=0)
     ax.legend(fontsize=8, ncol=min(n_runs, 4), loc="upper left")
-    ax.set_title(title or "Accuracy by benchmark (avg@k, %)")
+    default_title = "Accuracy by benchmark (avg@k, %)"
+    if comparison is not None:
+        default_title += f"; error bars: {comparison['confidence']:.0%} CI of the paired difference"
+    ax.set_title(title or default_title, fontsize=10)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -450,6 +592,9 @@ def write_report(
     groups: Mapping[str, list[str]] | None = TABLE1_GROUPS,
     baseline: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    comparison: Mapping[str, Any] | None = None,
+    candidate: str | None = None,
+    seeds: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``results.json``, ``results.md`` and, for two or more runs, ``comparison.png`` (all atomically).
 
@@ -470,6 +615,10 @@ def write_report(
         "baseline": baseline,
         "runs": {label: summarize(acc, groups) for label, acc in runs.items()},
     }
+    if comparison is not None:
+        payload["comparison"] = {"baseline": baseline, "candidate": candidate, **comparison}
+    if seeds is not None:
+        payload["seed_spread"] = dict(seeds)
     if baseline is not None:
         payload["relative_gain"] = {
             label: relative_gain(runs[baseline], acc, groups)
@@ -477,13 +626,17 @@ def write_report(
             if label != baseline
         }
     extra = dict(extra or {})
-    clash = sorted(set(extra) & (set(payload) | {"relative_gain", "plot_skipped"}))
+    clash = sorted(
+        set(extra) & (set(payload) | {"relative_gain", "plot_skipped", "comparison", "seed_spread"})
+    )
     if clash:
         raise ValueError(f"write_report: extra keys {clash} collide with the report's own keys")
     paths: dict[str, Path] = {}
     if len(runs) >= 2:
         try:
-            paths["plot"] = plot_comparison(runs, output_dir / "comparison.png", groups)
+            paths["plot"] = plot_comparison(
+                runs, output_dir / "comparison.png", groups, comparison=comparison, candidate=candidate
+            )
         except ImportError as err:
             warnings.warn(f"comparison.png not written: {err}", stacklevel=2)
             payload["plot_skipped"] = str(err)
@@ -491,5 +644,9 @@ def write_report(
     text = json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default) + "\n"
     paths["json"] = _atomic_write_bytes(output_dir / "results.json", text.encode("utf-8"))
     table = markdown_table(runs, groups, baseline)
+    if comparison is not None and baseline is not None and candidate is not None:
+        table += "\n" + comparison_markdown(comparison, baseline, candidate)
+    if seeds is not None:
+        table += "\n" + seed_spread_markdown(seeds, candidate or "this run")
     paths["markdown"] = _atomic_write_bytes(output_dir / "results.md", table.encode("utf-8"))
     return dict(sorted(paths.items(), key=lambda kv: ["json", "markdown", "plot"].index(kv[0])))

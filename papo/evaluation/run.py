@@ -127,6 +127,7 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
             )
 
     records = {key: [] for key in PREDICTION_FEATURES}
+    first_images = [embedded_image(images[0]) for images in _undecoded_images(dataset)]
     for q, row in enumerate(dataset):
         samples = outputs[q * k : (q + 1) * k]
         texts = [text for text, _ in samples]
@@ -135,7 +136,7 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         records["id"].append(str(row["id"]))
         records["benchmark"].append(name)
         records["question"].append(row["problem"])
-        records["image"].append(row["images"][0])
+        records["image"].append(first_images[q])
         records["reference"].append(row["answer"])
         records["samples"].append(texts)
         records["extracted"].append(extracted)
@@ -156,6 +157,23 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         summary["perception_kl_share_above"] = float((all_kl > config.kl_threshold).float().mean())
         summary["perception_kl_threshold"] = config.kl_threshold
     return predictions, summary
+
+
+def _undecoded_images(dataset: datasets.Dataset) -> list[list[dict]]:
+    feature = dataset.features["images"]
+    inner = feature.feature if isinstance(feature, datasets.List) else feature
+    if isinstance(inner, datasets.Image):
+        undecoded = datasets.Image(decode=False)
+        feature = datasets.List(undecoded) if isinstance(feature, datasets.List) else undecoded
+        dataset = dataset.cast_column("images", feature)
+    return [imgs if isinstance(imgs, list) else [imgs] for imgs in dataset["images"]]
+
+
+def embedded_image(image: dict) -> dict:
+    """The image's bytes with only its file name: a predictions file carries no local path and no dangling one."""
+    path = image.get("path")
+    data = image.get("bytes") or (Path(path).read_bytes() if path else None)
+    return {"bytes": data, "path": Path(path).name if path else None}
 
 
 def write_predictions(predictions: datasets.Dataset, path: Path) -> Path:
@@ -204,31 +222,62 @@ def run_eval(
     compare: str | os.PathLike | None = None,
     dtype: str = "auto",
     device: str | None = None,
+    benchmarks: list[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed_runs: list[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Evaluate one model on every source; write predictions, results.json, results.md (+ plot)."""
     import json
 
-    from papo.evaluation.data import load_eval_set
-    from papo.evaluation.report import canonical_name, summarize, write_report
+    from papo.evaluation.data import load_eval_sets
+    from papo.evaluation.report import (
+        canonical_name,
+        paired_comparison,
+        seed_spreads,
+        summarize,
+        write_report,
+    )
 
     output_dir = Path(output_dir)
+    # Load (and check) every eval set before the model: a bad path fails in seconds, not after a download.
+    eval_sets = [
+        (canonical_name(raw_name), dataset, hub_dataset)
+        for source in sources
+        for raw_name, dataset, hub_dataset in load_eval_sets(
+            source, split, image_dir, benchmarks=benchmarks, cache_dir=cache_dir
+        )
+    ]
     model, processor = load_model_and_adapter(model_id, adapter, dtype=dtype, device=device)
     label = label or Path(str(adapter or model_id).rstrip("/")).name
     summaries: dict[str, dict[str, Any]] = {}
-    for source in sources:
-        raw_name, dataset = load_eval_set(source, split, image_dir)
-        name = canonical_name(raw_name)
-        print(f"Evaluating {label} on {name} ({len(dataset)} questions, k={config.samples_per_question})")
+    for name, dataset, hub_dataset in eval_sets:
+        if name in summaries:
+            raise ValueError(f"two --data sources are both the benchmark {name!r}; pass each benchmark once")
+        shown = len(dataset) if config.max_questions is None else min(config.max_questions, len(dataset))
+        of_total = f" of {len(dataset)}" if shown < len(dataset) else ""
+        print(f"Evaluating {label} on {name}: {shown}{of_total} questions, k={config.samples_per_question}")
         predictions, summary = evaluate_benchmark(model, processor, dataset, name, config)
+        # What this result is a result on: the Hub dataset (None: local data), and whether every row of it
+        # was evaluated (not with --max_questions or skipped rows). Cards cite only complete Hub results.
+        summary["dataset"] = hub_dataset
+        summary["split_rows"] = len(dataset)
+        summary["complete"] = summary["n"] == len(dataset)
         write_predictions(predictions, output_dir / "predictions" / f"{name}.parquet")
         summaries[name] = summary
+        skipped = f", {summary['skipped_rows']} invalid rows skipped" if summary["skipped_rows"] else ""
+        print(f"{label} on {name}: {summary['accuracy']:.2f}% over {summary['n']} questions{skipped}")
     runs = {label: {name: s["accuracy"] for name, s in summaries.items()}}
-    baseline = None
+    baseline = comparison = None
     if compare is not None:
         other = json.loads(Path(compare).read_text())
         other_label = other.get("label", "baseline")
         runs = {other_label: {n: b["accuracy"] for n, b in other["benchmarks"].items()}, **runs}
         baseline = other_label
+        if baseline == label:
+            raise ValueError(f"--compare: the baseline run is also labelled {label!r}; pass --label")
+        comparison = paired_comparison(Path(compare).parent, output_dir, list(summaries), seed=config.seed)
+        if comparison is None:
+            print(f"No per-question predictions of {baseline} next to {compare}: no confidence intervals")
     extra = {
         "label": label,
         "model": model_id,
@@ -237,5 +286,19 @@ def run_eval(
         "benchmarks": summaries,
         "summary": summarize(runs[label]),  # this run: per-benchmark, group averages, overall (percent)
     }
-    paths = write_report(output_dir, runs, baseline=baseline, extra=extra)
+    seeds = None
+    if seed_runs:  # the same model evaluated with other seeds: this run's spread over seeds
+        by_seed = {f"seed {config.seed}": runs[label]}
+        for path in seed_runs:
+            other = json.loads(Path(path).read_text())
+            key = f"seed {other.get('protocol', {}).get('seed', len(by_seed))}"
+            if key in by_seed:
+                raise ValueError(
+                    f"--seed_runs {path}: {key} is already one of the runs; give runs with other seeds"
+                )
+            by_seed[key] = {n: b["accuracy"] for n, b in other["benchmarks"].items()}
+        seeds = seed_spreads(by_seed)
+    paths = write_report(
+        output_dir, runs, baseline=baseline, extra=extra, comparison=comparison, candidate=label, seeds=seeds
+    )
     return {"paths": paths, "summaries": summaries, "runs": runs}

@@ -258,3 +258,69 @@ def test_fuzz_broken_rows_never_crash_and_are_counted_exactly(tmp_path, capsys):
     skipped = (len(kinds) - 1) * per_kind
     assert f"12/{12 + skipped} rows kept, {skipped} skipped" in out
     assert out.count(f"{skipped} skipped") >= 2  # at the start and in the final summary
+
+
+# ------------------------------------------------------------------------------------------------
+# PAPOGalaxy/PAPO_ViRL39K_train as published: embedded images, or path strings (+ id), images in a zip
+# ------------------------------------------------------------------------------------------------
+
+
+def _virl_rows(n: int, images) -> dict:
+    return {
+        "problem": [f"<image>How many dots in figure {i}?" for i in range(n)],
+        "answer": [str(i) for i in range(n)],
+        "images": images,
+    }
+
+
+@pytest.mark.parametrize("with_id", [False, True])
+def test_virl39k_with_embedded_images_with_or_without_id(tmp_path, with_id):
+    rows = _virl_rows(3, [[{"bytes": _png(size=(30 + i, 30)), "path": None}] for i in range(3)])
+    if with_id:
+        rows["id"] = [f"virl-{i}" for i in range(3)]
+    features = FEATURES if not with_id else datasets.Features({**FEATURES, "id": datasets.Value("string")})
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(
+        str(tmp_path / "data" / "train-00000-of-00001.parquet")
+    )
+    dataset, report = load_training_dataset(tmp_path)
+    assert report.kept == 3 and dataset[2]["images"][0].size == (32, 30)
+    assert ("id" in dataset.column_names) is with_id
+
+
+@pytest.mark.parametrize("in_zip", [False, True])
+def test_virl39k_with_image_path_strings(tmp_path, monkeypatch, in_zip):
+    import zipfile
+
+    from papo.data.archives import UnsafeArchiveError
+
+    monkeypatch.setenv("PAPO_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "PAPO_ViRL39K_train"
+    (root / "data").mkdir(parents=True)
+    paths = [[f"./images/{i}.png"] for i in range(3)]
+    if in_zip:
+        with zipfile.ZipFile(root / "images.zip", "w") as archive:
+            for i in range(3):
+                archive.writestr(f"images/{i}.png", _png(size=(30 + i, 30)))
+    else:
+        (root / "images").mkdir()
+        for i in range(3):
+            (root / "images" / f"{i}.png").write_bytes(_png(size=(30 + i, 30)))
+    rows = {**_virl_rows(3, paths), "id": ["a", "b", "c"]}
+    shard = root / "data" / "train-00000-of-00001.parquet"
+    datasets.Dataset.from_dict(rows).to_parquet(str(shard))
+    for source in (root, shard):
+        dataset, report = load_training_dataset(source)
+        assert report.kept == 3 and dataset[1]["images"][0].size == (31, 30)
+        assert isinstance(dataset.features["images"], datasets.List)
+        assert isinstance(dataset.features["images"].feature, datasets.Image)
+    assert (root / "images.zip").exists() is in_zip and (root / "images").exists() is not in_zip
+
+    rows["images"][2] = ["../../outside.png"]
+    datasets.Dataset.from_dict(rows).to_parquet(str(shard))
+    with pytest.raises(UnsafeArchiveError, match="row 2, image 0.*'\\.\\.'"):
+        load_training_dataset(root)
+    rows["images"][2] = ["images/missing.png"]
+    datasets.Dataset.from_dict(rows).to_parquet(str(shard))
+    with pytest.raises(FileNotFoundError, match="row 2, image 0: 'images/missing.png' not found"):
+        load_training_dataset(root)

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_hub import FakeHub
-from hub_testlib import EVAL_RESULTS, PAPO_CONFIG, REPO_ROOT, TEST_TOKEN
+from hub_testlib import (
+    EVAL_RESULTS,
+    PAPO_CONFIG,
+    QWEN25_VL_3B_SHAPES,
+    REPO_ROOT,
+    TEST_TOKEN,
+    cache_model_config,
+)
 
 
 @pytest.fixture
@@ -128,3 +135,22 @@ def eval_run_dir(tmp_path_factory) -> Path:
     )
     (out / "comparison.png").write_bytes(_png("black"))
     return out
+
+
+@pytest.fixture
+def cached_base_configs(tiny_base_dir):
+    """Base-model configs in the HF cache: the tiny model's as ``papo-tests/tiny-qwen2_5_vl``, and one with the
+    shapes of Qwen2.5-VL-3B as ``Qwen/Qwen2.5-VL-3B-Instruct``. Removed afterwards (the cache is per session)."""
+    import shutil
+
+    tiny = json.loads((tiny_base_dir / "config.json").read_text())
+    big = json.loads(json.dumps(tiny))
+    for section, values in QWEN25_VL_3B_SHAPES.items():
+        big[section].update(values)
+    repos = [
+        cache_model_config("papo-tests/tiny-qwen2_5_vl", tiny),
+        cache_model_config("Qwen/Qwen2.5-VL-3B-Instruct", big),
+    ]
+    yield
+    for repo in repos:
+        shutil.rmtree(repo, ignore_errors=True)

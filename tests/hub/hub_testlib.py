@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -48,7 +49,15 @@ EVAL_RESULTS = {
         "mask_ratio": 0.6,
     },
     "benchmarks": {
-        "Geo3k": {"accuracy": 50.0, "n": 2, "perception_kl_mean": 0.12, "perception_kl_share_above": 0.3},
+        "Geo3k": {
+            "accuracy": 50.0,
+            "n": 2,
+            "perception_kl_mean": 0.12,
+            "perception_kl_share_above": 0.3,
+            "dataset": "PAPO-Galaxy/PAPO_eval",  # as `papo eval` records a complete published split
+            "split_rows": 2,
+            "complete": True,
+        },
         "count_shapes": {
             "accuracy": 25.0,
             "n": 2,
@@ -59,6 +68,37 @@ EVAL_RESULTS = {
     "groups": {"General": 50.0, "Vision-dependent": 25.0},
     "overall": 37.5,
 }
+
+
+# The shapes of Qwen2.5-VL-3B-Instruct's config (text hidden 2048, vision hidden 1280), for the base check.
+QWEN25_VL_3B_SHAPES = {
+    "text_config": {
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+    },
+    "vision_config": {
+        "hidden_size": 1280,
+        "intermediate_size": 3420,
+        "num_heads": 16,
+        "out_hidden_size": 2048,
+    },
+}
+
+
+def cache_model_config(repo_id: str, config: dict) -> Path:
+    """Put `config` in the HF cache as the config.json of model `repo_id` (what `hf download` leaves)."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    revision = "1" * 40
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot / "config.json").write_text(json.dumps(config))
+    return repo
 
 
 def run_python(code: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
