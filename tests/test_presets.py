@@ -23,7 +23,8 @@ NEW_PRESETS = [
 # Only what a CPU run needs changed: the tiny model, a tiny data set, one short step, small images, fp32.
 CPU_OVERRIDES = [
     "--max_steps", "1", "--per_device_train_batch_size", "2", "--num_generations", "2",
-    "--gradient_accumulation_steps", "1", "--max_completion_length", "8", "--max_train_samples", "2",
+    "--gradient_accumulation_steps", "1", "--steps_per_generation", "1", "--max_completion_length", "8",
+    "--max_train_samples", "2",
     "--min_pixels", "3136", "--max_pixels", "12544", "--bf16", "false", "--dtype", "float32",
     "--use_cpu", "true", "--save_strategy", "no", "--logging_steps", "1",
 ]  # fmt: skip
