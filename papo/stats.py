@@ -12,7 +12,9 @@ One home for the tests every comparison in papo uses (the mini reproduction's se
   resampled on its own (``scipy.stats.bootstrap`` over several samples);
 * `compare_benchmarks`: all of the above per benchmark and overall, for two evaluations of the same questions.
 
-A result is "inside the noise" when its confidence interval contains 0 (`PairedComparison.significant`).
+A result is "inside the noise" when its confidence interval contains 0; it counts as outside the noise
+(`PairedComparison.significant`) only when the paired t-test agrees too (few pairs make the percentile
+bootstrap optimistic).
 """
 
 from __future__ import annotations
@@ -109,9 +111,19 @@ class PairedComparison:
     p_value: float  # paired t-test, two-sided
 
     @property
-    def significant(self) -> bool:
-        """True when the CI excludes 0: the difference is outside the noise at this confidence."""
+    def ci_excludes_zero(self) -> bool:
         return self.ci_low > 0 or self.ci_high < 0
+
+    @property
+    def significant(self) -> bool:
+        """True when the CI excludes 0 *and* the paired t-test agrees (p < 1 - confidence).
+
+        With few pairs (5 seeds) the percentile bootstrap is too narrow; requiring the t-test too keeps a
+        "gain" from resting on that optimism alone. Without a p-value (no spread) the CI decides.
+        """
+        if math.isnan(self.p_value):
+            return self.ci_excludes_zero
+        return self.ci_excludes_zero and self.p_value < 1 - self.confidence
 
     def verdict(self) -> str:
         """One plain sentence for reports."""
@@ -119,8 +131,13 @@ class PairedComparison:
             return "not measured on every pair"
         if self.n < 2:
             return "one pair only: no estimate of the noise"
-        if not self.significant:
+        if not self.ci_excludes_zero:
             return f"inside the noise ({self.confidence:.0%} CI contains 0)"
+        if not self.significant:
+            return (
+                f"not established (the bootstrap CI excludes 0 but the paired t-test gives p = {self.p_value:.3f} "
+                f"over {self.n} pairs)"
+            )
         return f"{'gain' if self.mean_diff > 0 else 'loss'} outside the noise ({self.confidence:.0%} CI excludes 0)"
 
     def to_dict(self) -> dict:

@@ -143,3 +143,12 @@ def test_seed_spread_against_numpy():
     assert math.isnan(seed_spread([50.0])["sd"])
     with pytest.raises(ValueError, match="non-empty"):
         seed_spread([])
+
+
+def test_a_narrow_bootstrap_alone_does_not_make_a_gain():
+    """5 seeds: the percentile CI excludes 0 but the t-test does not agree -> not established."""
+    a = [0.0, 0.0, 0.0, 0.0, 0.0]
+    b = [0.01, 0.005, 0.012, -0.004, 0.017]
+    result = compare_paired(a, b)
+    assert result.ci_excludes_zero and result.p_value > 0.05
+    assert not result.significant and result.verdict().startswith("not established")
