@@ -508,6 +508,7 @@ def pick_space_examples(
         answers = {}
         for side in ("baseline", "papo"):
             kwargs = dict(max_new_tokens=64, do_sample=True, temperature=1.0, top_p=1.0, batch_size=1, seed=0)
+            kwargs["show_progress"] = False
             if side == "baseline":
                 with model.disable_adapter():
                     [(text, _)] = generate_completions(model, processor, [prompt], [row["images"]], **kwargs)
