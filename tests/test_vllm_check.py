@@ -215,7 +215,7 @@ class FakeServer:
 
 @pytest.fixture(scope="module")
 def dataset():
-    data = make_synthetic_dataset(num_train=8, num_test=1, seed=0)["train"]
+    data = make_synthetic_dataset(num_train=8, num_test=1, seed=0, tasks="drawn")["train"]  # 64-px images
     return load_training_dataset(data, show_progress=False)[0]
 
 
