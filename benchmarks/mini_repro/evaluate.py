@@ -41,8 +41,8 @@ def evaluate_policy(
     Returns ``{"accuracy": float, "format": float, "by_task": {task: acc}, "by_dependency":
     {"high"|"low": acc}, "n": int}``; accuracies are fractions in [0, 1]. With `perception_kl`, also
     ``"perception_kl"``: the token mean of KL(π(·|I) ‖ π(·|I_mask)) over the answers (full vocabulary,
-    training's mask: 60% of 14-px patches blackened, seeded per prompt as in training), overall and
-    ``"perception_kl_by_dependency"``. With `samples` = k > 0, also ``"sampled"``: k completions per row
+    training's mask: 60% of 14-px patches blackened, seeded per prompt as in training), overall,
+    ``"perception_kl_by_dependency"`` and ``"perception_kl_by_task"``. With `samples` = k > 0, also ``"sampled"``: k completions per row
     at temperature 1 (seeded by `sample_seed`), as RL draws them: mean accuracy overall / per task /
     per dependency, and ``mixed``, the fraction of rows whose k samples are neither all right nor all
     wrong (the rows on which a GRPO group of k has a learning signal).
@@ -77,12 +77,15 @@ def evaluate_policy(
             ids = [completion for _, completion in completions[start:stop]]
             per_row += perception_kl_per_token(model, processor, prompts[start:stop], images[start:stop], ids)
         result["perception_kl"] = _token_mean(per_row)
-        result["perception_kl_by_dependency"] = {
-            dep: _token_mean(
-                [row for row, d in zip(per_row, rows["vision_dependency"], strict=True) if d == dep]
-            )
-            for dep in sorted(set(rows["vision_dependency"]))
-        }
+        for key, column in (
+            ("perception_kl_by_dependency", "vision_dependency"),
+            ("perception_kl_by_task", "task"),
+        ):
+            groups = rows[column]
+            result[key] = {
+                group: _token_mean([row for row, g in zip(per_row, groups, strict=True) if g == group])
+                for group in sorted(set(groups))
+            }
     if samples:
         result["sampled"] = _sampled_accuracy(
             model, processor, rows, prompts, images, samples, sample_seed, max_new_tokens, batch_size

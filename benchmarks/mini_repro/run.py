@@ -28,6 +28,7 @@ runs, so the perception KL is logged for both arms on the same footing. The ``pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -506,15 +507,12 @@ def pick_space_examples(
         question = row["problem"].replace(IMAGE_PLACEHOLDER, "").strip()
         prompt = eval_prompt(IMAGE_PLACEHOLDER + question)
         answers = {}
-        for side in ("baseline", "papo"):
-            kwargs = dict(max_new_tokens=64, do_sample=True, temperature=1.0, top_p=1.0, batch_size=1, seed=0)
-            kwargs["show_progress"] = False
-            if side == "baseline":
-                with model.disable_adapter():
-                    [(text, _)] = generate_completions(model, processor, [prompt], [row["images"]], **kwargs)
-            else:
-                [(text, _)] = generate_completions(model, processor, [prompt], [row["images"]], **kwargs)
-            answers[side] = text
+        for side, policy in (("baseline", model.disable_adapter), ("papo", contextlib.nullcontext)):
+            with policy():  # the Space's baseline is the same PeftModel with its adapter disabled
+                [(answers[side], _)] = generate_completions(
+                    model, processor, [prompt], [row["images"]], max_new_tokens=64, do_sample=True,
+                    temperature=1.0, top_p=1.0, batch_size=1, seed=0, show_progress=False,
+                )  # fmt: skip
         if extract_boxed_answer(answers["baseline"]) != extract_boxed_answer(answers["papo"]):
             found.append(
                 {"seed": data_seed, "index": index, "task": row["task"], "question": question}
