@@ -50,6 +50,23 @@ def test_sft_rows_are_conversational_prompt_completion_with_images():
     assert build_sft_dataset(10, seed=2)["completion"] != sft["completion"]
 
 
+def test_task_weights_repeat_a_task_within_each_round_robin_turn():
+    weighted = build_sft_dataset(14, seed=1, task_weights={"digit_sum": 2, "digit_count": 3})
+    turn = ["digit_read", "digit_sum", "digit_sum", "digit_larger", "digit_count", "digit_count", "digit_count"]
+    assert [t for t in DIGIT_TASKS if t not in turn] == ["digit_sum_text"]
+    assert weighted["task"][:8] == turn + ["digit_sum_text"]
+    assert weighted["completion"][1] != weighted["completion"][2]  # two different sum rows, not a copy
+    # the shipped default: sum and count at twice the share of the others
+    assert WarmStartConfig().task_weights == {"digit_sum": 2, "digit_count": 2}
+    with pytest.raises(ValueError, match="task_weights names 'digit_sums'"):
+        build_sft_dataset(4, seed=1, task_weights={"digit_sums": 2})
+    with pytest.raises(ValueError, match=r"task_weights\['digit_sum'\] must be an integer >= 1"):
+        build_sft_dataset(4, seed=1, task_weights={"digit_sum": 0})
+    # a weight for a task that is not selected is unused (the default weights with the drawn tasks)
+    drawn = build_sft_dataset(4, seed=1, tasks=("drawn",), task_weights={"digit_sum": 2})
+    assert "digit_sum" not in drawn["task"]
+
+
 def test_training_is_seeded_and_changes_the_weights(tmp_path):
     from papo.tiny import build_tiny_vlm
 

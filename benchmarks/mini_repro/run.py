@@ -84,8 +84,8 @@ class ExperimentConfig:
     max_completion_length: int = 32
     learning_rate: float = 5e-4
     samples: int = 4  # sampled answers per test question at the final checkpoint (and the warm start)
-    warm_start_steps: int = 500
-    warm_start_rows: int = 16000
+    warm_start_steps: int = 1500
+    warm_start_rows: int = 48000
     warm_start: str | None = None  # use this checkpoint instead of training one
     parallel: int = 2  # (method, seed) jobs at a time, one thread each
     quick: bool = False
