@@ -63,6 +63,8 @@ def _cmd_train(argv: list[str]) -> int:
 
     script_args, training_args, model_args = parse_train_args(argv)
     trainer = train(script_args, training_args, model_args)
+    if trainer is None:  # --resume on a finished run: said so, changed nothing
+        return 0
     print(f"Adapter/model, processor, papo_config.yaml and metrics.jsonl saved to {trainer.args.output_dir}")
     return 0
 

@@ -121,7 +121,8 @@ class JsonlMetricsCallback(TrainerCallback):
 
 
 def train(script_args, training_args, model_args):
-    """Run one training job; returns the trainer (after `train()` and `save_model()`)."""
+    """Run one training job; returns the trainer (after `train()` and `save_model()`), or None when
+    `--resume` points at a run that already reached `max_steps` (then nothing is changed)."""
     import torch
 
     from papo.data.loading import filter_long_prompts, load_training_dataset
@@ -131,6 +132,19 @@ def train(script_args, training_args, model_args):
     from papo.rewards import make_reward_funcs
     from papo.trainer import PAPOTrainer
 
+    resume_from = (
+        resolve_resume(script_args.resume, training_args.output_dir) or training_args.resume_from_checkpoint
+    )
+    finished = finished_step(resume_from, training_args.max_steps)
+    if finished is not None:
+        # Re-running a finished run's command with --resume (after a disconnect, or by habit) must not
+        # train a step past max_steps nor touch its outputs.
+        print(
+            f"This run is complete: {resume_from} is at step {finished}, its last (max_steps "
+            f"{training_args.max_steps if training_args.max_steps > 0 else finished}). Nothing was changed; "
+            "raise --max_steps to train further."
+        )
+        return None
     if model_args.model_name_or_path is None:
         model_args.model_name_or_path = str(embedded_model(script_args.embedded_dir))
         print(
@@ -181,9 +195,6 @@ def train(script_args, training_args, model_args):
     save_resolved_config(
         Path(training_args.output_dir) / "papo_config.yaml", script_args, training_args, model_args
     )
-    resume_from = (
-        resolve_resume(script_args.resume, training_args.output_dir) or training_args.resume_from_checkpoint
-    )
     if resume_from:
         print(f"Resuming from {resume_from}")
     try:
@@ -223,6 +234,17 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
         raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no trainer_state.json)")
     return resume
+
+
+def finished_step(checkpoint: str | None, max_steps: int) -> int | None:
+    """The checkpoint's step if it already reached the run's last step (`max_steps`, or with
+    `max_steps` <= 0 the one its own trainer_state recorded), else None."""
+    if not checkpoint:
+        return None
+    state = json.loads(Path(checkpoint, "trainer_state.json").read_text())
+    last = max_steps if max_steps > 0 else state.get("max_steps", 0)
+    step = state.get("global_step", 0)
+    return step if last > 0 and step >= last else None
 
 
 class TrainingOutOfMemory(RuntimeError):
