@@ -283,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         from papo.hub import main as push_main
 
         return push_main(argv[1:])
+    if argv[:1] == ["train"] and {"-h", "--help", "--help-all"} & set(argv[1:]):
+        from papo.train import parse_train_args, train_help
+
+        if "--help-all" not in argv[1:]:
+            print(train_help())
+            return 0
+        parse_train_args(["--help"])  # TRL's full argparse help; exits
     if argv[:1] == ["train"]:
         # `papo train` takes TRL's own arguments (PAPOConfig/GRPOConfig, ModelConfig): TrlParser parses them.
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

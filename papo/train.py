@@ -64,8 +64,8 @@ class PAPOScriptArguments:
 
 
 def resolve_config_argument(argv: list[str]) -> list[str]:
-    """Default to the demo preset; let `--config NAME` name a shipped preset."""
-    argv = list(argv)
+    """Default to the demo preset; let `--config NAME` (or `--config=NAME`) name a shipped preset."""
+    argv = [piece for arg in argv for piece in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if "--config" not in argv:
         return ["--config", str(CONFIG_DIR / f"{DEFAULT_PRESET}.yaml"), *argv]
     index = argv.index("--config") + 1
@@ -84,6 +84,49 @@ def resolve_config_argument(argv: list[str]) -> list[str]:
 
 def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def train_help() -> str:
+    """`papo train --help`: usage, the presets and the PAPO options; TRL's ~200 options are behind
+    `--help-all` (they are all accepted, but listed first they buried everything else)."""
+    from dataclasses import MISSING, fields
+
+    from papo.trainer import PAPOConfig
+
+    def options(cls, names=None) -> list[str]:
+        lines = []
+        for f in fields(cls):
+            if names is not None and f.name not in names:
+                continue
+            default = f.default if f.default is not MISSING else "…"
+            lines.append(f"  --{f.name} (default: {default})")
+            if f.metadata.get("help"):
+                lines.append(f"      {f.metadata['help']}")
+        return lines
+
+    own = set(PAPOConfig.__annotations__)  # declared (or re-defaulted) by PAPOConfig itself
+    return "\n".join(
+        [
+            "usage: papo train [--config PRESET | --config FILE.yaml] [--OPTION VALUE ...]",
+            "",
+            f"Train with PAPO (or the GRPO/DAPO baseline) on TRL's GRPOTrainer. Without --config: the "
+            f"`{DEFAULT_PRESET}` preset (the embedded warm start on synthetic digits, CPU). Options given on the "
+            "command line override the YAML.",
+            "",
+            "presets (papo/configs/<name>.yaml):",
+            *(f"  {name}" for name in available_presets()),
+            "",
+            "PAPO options (PAPOConfig; defaults are the official PAPO-G 3B values):",
+            *options(PAPOConfig, own),
+            "",
+            "data and run options:",
+            *options(PAPOScriptArguments),
+            "",
+            "Common TRL options: --output_dir, --max_steps, --learning_rate, --per_device_train_batch_size, "
+            "--num_generations, --model_name_or_path, --use_peft, --lora_r, --load_in_4bit, --dtype, --seed.",
+            "Every option (TRL's GRPOConfig, TrainingArguments and ModelConfig too): papo train --help-all",
+        ]
+    )
 
 
 def parse_train_args(argv: list[str]):

@@ -83,6 +83,31 @@ def test_train_demo_preset_writes_a_loadable_adapter(tmp_path, capsys):
     assert any("lora_" in name for name, _ in model.named_parameters())
 
 
+def test_train_help_puts_presets_and_papo_options_first(capsys):
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: papo train [--config")
+    assert "papo-g-qwen2.5vl-3b-lora" in text and "--perception_kl_coef (default: 0.02)" in text
+    assert "--resume (default: None)" in text and "papo train --help-all" in text
+    assert len(text.splitlines()) < 250  # TRL's ~1,400 lines stay behind --help-all
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help-all"])
+    assert exit_.value.code == 0 and "--gradient_accumulation_steps" in capsys.readouterr().out
+
+
+def test_train_config_accepts_the_equals_form(tmp_path):
+    from papo.train import CONFIG_DIR, parse_train_args, resolve_config_argument
+
+    assert resolve_config_argument(["--config=demo", "--max_steps", "3"]) == [
+        "--config",
+        str(CONFIG_DIR / "demo.yaml"),
+        "--max_steps",
+        "3",
+    ]
+    _, training_args, _ = parse_train_args(["--config=demo", "--output_dir", str(tmp_path)])
+    assert training_args.perception_kl_coef == 0.02 and training_args.output_dir == str(tmp_path)
+
+
 def test_train_unknown_preset_lists_presets(capsys):
     assert main(["train", "--config", "no-such-preset"]) == 2
     err = capsys.readouterr().err
