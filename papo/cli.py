@@ -65,7 +65,9 @@ def _cmd_train(argv: list[str]) -> int:
     trainer = train(script_args, training_args, model_args)
     if trainer is None:  # --resume on a finished run: said so, changed nothing
         return 0
-    print(f"Adapter/model, processor, papo_config.yaml and metrics.jsonl saved to {trainer.args.output_dir}")
+    from papo.console import run_summary
+
+    print(run_summary(trainer.args.output_dir))
     return 0
 
 
@@ -290,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             print(train_help())
             return 0
         parse_train_args(["--help"])  # TRL's full argparse help; exits
+    if argv[:1] and argv[0] not in ("-h", "--help"):
+        from papo.console import quiet_known_noise
+
+        quiet_known_noise()
     if argv[:1] == ["train"]:
         # `papo train` takes TRL's own arguments (PAPOConfig/GRPOConfig, ModelConfig): TrlParser parses them.
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

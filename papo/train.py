@@ -168,6 +168,7 @@ def train(script_args, training_args, model_args):
     `--resume` points at a run that already reached `max_steps` (then nothing is changed)."""
     import torch
 
+    from papo.console import use_compact_progress
     from papo.data.loading import filter_long_prompts, load_training_dataset
     from papo.embedded import embedded_dataset, embedded_model
     from papo.guards import OOM_ADVICE
@@ -235,6 +236,7 @@ def train(script_args, training_args, model_args):
         peft_config=build_peft_config(model_args, script_args),
         callbacks=[JsonlMetricsCallback(Path(training_args.output_dir) / "metrics.jsonl")],
     )
+    use_compact_progress(trainer)
     save_resolved_config(
         Path(training_args.output_dir) / "papo_config.yaml", script_args, training_args, model_args
     )
