@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import yaml
@@ -130,12 +131,73 @@ def train_help() -> str:
 
 
 def parse_train_args(argv: list[str]):
+    """(PAPOScriptArguments, PAPOConfig, ModelConfig) from a YAML (`--config`) and command-line flags.
+
+    Errors a first run meets say what to change: an unknown key or flag gets "did you mean"; bf16 on a
+    machine without it names the device and the setting (TRL's own message only says "bf16/gpu").
+    """
+    import torch
     from trl import ModelConfig, TrlParser
 
     from papo.trainer import PAPOConfig
 
-    parser = TrlParser((PAPOScriptArguments, PAPOConfig, ModelConfig), prog="papo train")
-    return parser.parse_args_and_config(resolve_config_argument(argv))
+    classes = (PAPOScriptArguments, PAPOConfig, ModelConfig)
+    known = {f.name for cls in classes for f in dataclass_fields(cls)}
+    argv = resolve_config_argument(argv)
+    config_path = argv[argv.index("--config") + 1]
+    config = yaml.safe_load(Path(config_path).read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"--config {config_path}: expected a YAML mapping of option: value, got {type(config).__name__}"
+        )
+    for key in config:
+        if key not in known:
+            raise ValueError(f"--config {config_path}: unknown key {key!r}{_did_you_mean(key, known)}")
+    bf16_given = "bf16" in config or any(a == "--bf16" or a.startswith("--bf16=") for a in argv)
+    if not torch.cuda.is_available():
+        if not bf16_given:
+            argv += ["--bf16", "false"]  # TRL defaults to bf16, which a CPU cannot run: train in float32
+        elif _flag_value(argv, "bf16", config.get("bf16")) in (True, "true", "True", "1"):
+            raise ValueError(
+                f"bf16 is set (in {config_path} or on the command line) but this machine has no CUDA GPU: "
+                "set `bf16: false` (a CPU run trains in float32), e.g. --bf16 false"
+            )
+    parser = TrlParser(classes, prog="papo train")
+    try:
+        return parser.parse_args_and_config(argv)
+    except ValueError as err:
+        if "not used by the HfArgumentParser" in str(err):
+            flags = [a[2:].split("=")[0] for a in argv if a.startswith("--")]
+            unknown = [f for f in flags if f not in known | {"config"} and f.removeprefix("no_") not in known]
+            hints = "; ".join(f"--{f}{_did_you_mean(f, known)}" for f in unknown)
+            raise ValueError(
+                f"unknown option(s): {hints or err}. `papo train --help` lists the options"
+            ) from err
+        if "bf16/gpu" in str(err):
+            name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA GPU"
+            raise ValueError(
+                f"bf16 is on but this device ({name}) does not support it: set `bf16: false` and `fp16: true` "
+                "(T4, V100), e.g. --bf16 false --fp16 true"
+            ) from err
+        raise
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _flag_value(argv: list[str], name: str, default):
+    """The last value given to --name on the command line (which overrides the YAML), else `default`."""
+    value = default
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def build_peft_config(model_args, script_args):

@@ -139,3 +139,31 @@ def test_train_presets_parse(tmp_path):
         dapo = preset.startswith(("dapo", "papo-d"))
         assert training_args.beta == (0.0 if dapo or "nref" in preset else 0.01), preset
         assert training_args.epsilon_high == (0.28 if dapo else 0.3), preset
+
+
+def test_hand_written_yaml_errors_name_the_fix(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from papo.train import parse_train_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # what a CPU-only first run meets
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("max_steps: 3\nperception_kl_coef: 0.05\n")
+    _, training_args, _ = parse_train_args(["--config", str(plain), "--output_dir", str(tmp_path)])
+    assert training_args.bf16 is False and training_args.perception_kl_coef == 0.05  # no bf16/gpu error
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("perception_kl_cof: 0.1\n")
+    assert main(["train", "--config", str(typo)]) == 2
+    assert "unknown key 'perception_kl_cof' (did you mean 'perception_kl_coef'" in capsys.readouterr().err
+    assert main(["train", "--perception_kl_cof", "0.1", "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option(s): --perception_kl_cof (did you mean 'perception_kl_coef'" in err
+    bf16 = tmp_path / "bf16.yaml"
+    bf16.write_text("bf16: true\n")
+    assert main(["train", "--config", str(bf16), "--output_dir", str(tmp_path)]) == 2
+    assert "no CUDA GPU: set `bf16: false`" in capsys.readouterr().err
+    # the command line overrides the YAML, in both directions
+    parse_train_args(["--config", str(bf16), "--bf16", "false", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        parse_train_args(["--config", str(plain), "--bf16", "true", "--output_dir", str(tmp_path)])
