@@ -46,15 +46,28 @@ def _cmd_synthetic_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    from papo.data.loading import load_training_dataset
+    """Validate a training set, or an eval set in any layout `papo eval --data` accepts (same loader)."""
+    from papo.data.loading import load_training_dataset, prepare_papo_dataset
+    from papo.evaluation.data import is_sharegpt_source, load_eval_sets, papo_eval_root
 
-    dataset, report = load_training_dataset(
-        args.source, args.split, skip_invalid=args.skip_invalid, max_samples=args.max_samples
-    )
-    print(f"{args.source} [{args.split}]: {report}")
-    for line in report.first_errors:
-        print(f"  {line}")
-    print(json.dumps(dataset[0]["prompt"], indent=1)[:2000])
+    if is_sharegpt_source(args.source) or papo_eval_root(args.source) is not None:
+        checked = []
+        for eval_set in load_eval_sets(args.source, args.split, args.image_dir):
+            rows = eval_set.dataset
+            if args.max_samples is not None:
+                rows = rows.select(range(min(args.max_samples, len(rows))))
+            dataset, report = prepare_papo_dataset(rows, skip_invalid=args.skip_invalid, show_progress=False)
+            checked.append((eval_set.name, dataset, report))
+    else:
+        dataset, report = load_training_dataset(
+            args.source, args.split, skip_invalid=args.skip_invalid, max_samples=args.max_samples
+        )
+        checked = [(f"{args.source} [{args.split}]", dataset, report)]
+    for name, _rows, report in checked:
+        print(f"{name}: {report}")
+        for line in report.first_errors:
+            print(f"  {line}")
+    print(json.dumps(checked[0][1][0]["prompt"], indent=1)[:2000])
     return 0
 
 
@@ -268,9 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_synthetic_data)
 
-    check = sub.add_parser("check-data", help="validate a dataset in the official schema")
-    check.add_argument("source", help="Hub id, local directory, or .parquet/.json(l) file")
+    check = sub.add_parser(
+        "check-data", help="validate a dataset in the official schema, or an eval set as `papo eval` reads it"
+    )
+    check.add_argument(
+        "source",
+        help="Hub id, local directory, .parquet/.json(l) file, or an eval set (PAPO_eval snapshot, ShareGPT JSON)",
+    )
     check.add_argument("--split", default="train")
+    check.add_argument(
+        "--image_dir", default=None, help="for a ShareGPT JSON: the folder its image paths start from"
+    )
     check.add_argument(
         "--skip_invalid", action="store_true", help="skip and count bad rows instead of failing"
     )
