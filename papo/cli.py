@@ -148,6 +148,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     dataset, report = load_training_dataset(data_dir, "test", max_samples=args.num_samples)
     print(f"Loaded {report} from {data_dir} [test]")
+    if args.arch == "qwen2_5_vl":  # embedded_model gives the warm start (shipped, or trained once)
+        kind = "the embedded warm start: a ~2.4M-parameter Qwen2.5-VL trained to read handwritten digits"
+    else:
+        kind = f"a tiny random-weight {args.arch} model: it has learnt nothing, so its reward is ~0"
+    print(f"Model: {model_dir} ({kind})")
     model, processor = load_vlm(model_dir)
     completions = generate(
         model,
@@ -166,8 +171,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f.write(json.dumps({**record, **score}) + "\n")
     print(
         f"{len(scores)} answers: reward {mean(s['overall'] for s in scores):.3f}, "
-        f"accuracy {mean(s['accuracy'] for s in scores):.3f}, format {mean(s['format'] for s in scores):.3f} "
-        "(an untrained random model scores ~0)"
+        f"accuracy {mean(s['accuracy'] for s in scores):.3f}, format {mean(s['format'] for s in scores):.3f}"
     )
     print(f"Samples written to {samples}")
     return 0

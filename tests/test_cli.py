@@ -27,7 +27,10 @@ def test_demo_runs_end_to_end_offline(tmp_path, capsys):
     code = main(["demo", "--output_dir", str(tmp_path), "--num_samples", "4", "--max_new_tokens", "4"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "4 answers: reward" in out
+    assert "4 answers: reward" in out and "(the embedded warm start:" in out
+    from papo.embedded import WARM_START_ASSET
+
+    assert f"Model: {WARM_START_ASSET}" in out
     records = [json.loads(line) for line in open(tmp_path / "demo_samples.jsonl")]
     assert len(records) == 4
     assert {"id", "task", "answer", "completion", "overall", "accuracy", "format"} <= set(records[0])
