@@ -64,7 +64,9 @@ class MaskingConfig:
     patch_size: int = 14  # square side in original-image pixels (grid="image")
     grid: str = "image"  # "image": official, original pixel space | "model": the ViT patch grid
     noise_std: float = 0.6  # strategy="noise": std of the noise on [0, 1]-scaled pixels
-    per: str = "prompt"  # "prompt": one mask shared by a prompt's G rollouts (PAPO) | "response": one each (VPPO)
+    per: str = (
+        "prompt"  # "prompt": one mask shared by a prompt's G rollouts (PAPO) | "response": one each (VPPO)
+    )
 
     def __post_init__(self):
         if self.per not in GRANULARITIES:

@@ -44,8 +44,6 @@ from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
-from papo.guards import COLLAPSE_ACTIONS, CollapseGuard, check_finite
-from papo.loss import apply_mode_weights, gamma_schedule, papo_terms, per_token_kl, reference_kl
 from papo.followups import (
     diffusion_alpha_bars,
     noise_step,
@@ -58,6 +56,8 @@ from papo.followups import (
     vppo_sensitivity,
     vppo_token_gate,
 )
+from papo.guards import COLLAPSE_ACTIONS, CollapseGuard, check_finite
+from papo.loss import apply_mode_weights, gamma_schedule, papo_terms, per_token_kl, reference_kl
 from papo.masking import (
     MaskingConfig,
     check_same_grid,
@@ -228,15 +228,21 @@ class PAPOConfig(GRPOConfig):
             "tokens by visual dependency d_t (still averaged over all tokens)."
         },
     )
-    vppo_top_fraction: float = field(default=0.4, metadata={"help": "VPPO: share of tokens kept, k = ceil(p·|o|)."})
+    vppo_top_fraction: float = field(
+        default=0.4, metadata={"help": "VPPO: share of tokens kept, k = ceil(p·|o|)."}
+    )
     vppo_advantage_scaling: bool = field(
         default=False,
-        metadata={"help": "VPPO: scale each response's advantage by its mean d_t, normalised over the mini-batch."},
+        metadata={
+            "help": "VPPO: scale each response's advantage by its mean d_t, normalised over the mini-batch."
+        },
     )
     vppo_beta_min: float = field(default=0.9, metadata={"help": "VPPO: smallest advantage scale β_min."})
     pgpo: bool = field(
         default=False,
-        metadata={"help": "PGPO: per-token advantages A·w_t with w_t from the min-max of log(1 + d_t) in the response."},
+        metadata={
+            "help": "PGPO: per-token advantages A·w_t with w_t from the min-max of log(1 + d_t) in the response."
+        },
     )
     pgpo_tau: float = field(default=0.4, metadata={"help": "PGPO: threshold τ in (0, 1)."})
     pgpo_beta: float = field(default=2.0, metadata={"help": "PGPO: slope β above the threshold."})
@@ -295,7 +301,6 @@ class PAPOConfig(GRPOConfig):
             raise ValueError(f"collapse_guard must be one of {COLLAPSE_ACTIONS}, got {self.collapse_guard!r}")
         if self.entropy_estimator not in ("sampled", "full"):
             raise ValueError(f"entropy_estimator must be 'sampled' or 'full', got {self.entropy_estimator!r}")
-
 
     @property
     def uses_visual_dependency(self) -> bool:
@@ -784,7 +789,9 @@ class PAPOTrainer(GRPOTrainer):
         per_step = max(int(self.args.gradient_accumulation_steps), 1)
         for start in range(0, len(micro_batches), per_step):
             chunk = micro_batches[start : start + per_step]
-            scores = torch.cat([vppo_sensitivity(b["visual_dependency"], b["completion_mask"]) for b in chunk])
+            scores = torch.cat(
+                [vppo_sensitivity(b["visual_dependency"], b["completion_mask"]) for b in chunk]
+            )
             lengths = torch.cat([b["completion_mask"].sum(-1) for b in chunk])
             score_range = vppo_score_range(scores, lengths)
             if score_range is None:
@@ -802,7 +809,9 @@ class PAPOTrainer(GRPOTrainer):
         args = self.args
         advantages = inputs["advantages"]
         if advantages.dim() != 1:
-            raise ValueError("VPPO / PGPO expect TRL's per-response advantages (B,), got " f"{tuple(advantages.shape)}")
+            raise ValueError(
+                f"VPPO / PGPO expect TRL's per-response advantages (B,), got {tuple(advantages.shape)}"
+            )
         d, mask = inputs["visual_dependency"], inputs["completion_mask"]
         mode = "train" if self.model.training else "eval"
         metrics = self._metrics[mode]
@@ -843,7 +852,9 @@ class PAPOTrainer(GRPOTrainer):
             return super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
             )
-        rows = noisy_rows(len(prompt_ids), self.num_generations, self.accelerator.process_index * len(prompt_ids))
+        rows = noisy_rows(
+            len(prompt_ids), self.num_generations, self.accelerator.process_index * len(prompt_ids)
+        )
         step = noise_step(
             self.state.global_step + 1,
             max(self.state.max_steps, 1),
@@ -872,7 +883,9 @@ class PAPOTrainer(GRPOTrainer):
             )
         self._noisy_generation = {"rows": rows, "images": noised_images, "noise_step": step}
         self._metrics["train"]["noisy_rollout/noise_step"].append(float(step))
-        return super()._generate_single_turn(prompt_ids, noised_images, fields, num_generations, *args, **kwargs)
+        return super()._generate_single_turn(
+            prompt_ids, noised_images, fields, num_generations, *args, **kwargs
+        )
 
     # --- wrapped TRL method 2: per-token log-probs ---------------------------------------------
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
