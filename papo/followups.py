@@ -204,6 +204,14 @@ def diffusion_alpha_bars(num_steps: int = 1000, beta_start: float = 1e-5, beta_e
     return torch.cumprod(1.0 - (betas + beta_start), dim=0)
 
 
+def _sigmoid(x: float) -> float:
+    """σ(x) without overflow for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
 def noise_step(
     step: int,
     total_steps: int,
@@ -225,7 +233,8 @@ def noise_step(
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     if decay == "sigmoid":
-        factor = 1.0 - 1.0 / (1.0 + math.exp(-coef * (step - mid_step) / total_steps))
+        x = coef * (step - mid_step) / total_steps
+        factor = 1.0 - _sigmoid(x)
     elif decay == "linear":
         factor = 1.0 - step / total_steps
     elif decay == "none":

@@ -857,7 +857,7 @@ class PAPOTrainer(GRPOTrainer):
         )
         step = noise_step(
             self.state.global_step + 1,
-            max(self.state.max_steps, 1),
+            max(self.state.max_steps or self.args.max_steps, 1),  # state.max_steps is 0 outside train()
             max_step=self.args.noisy_rollout_max_step,
             decay=self.args.noisy_rollout_decay,
             coef=self.args.noisy_rollout_decay_coef,
