@@ -4,7 +4,8 @@ Official method (spec §2.1, ``verl/trainer/papo_utils.py:random_patch_blackenin
 ``patch_size``x``patch_size`` (14) pixel squares over the *raw* image, before the processor's resize
 (squares at the right/bottom edge may be partial), and set each square to black (RGB 0) independently
 with probability ``mask_ratio`` (0.6). One masked copy per prompt, shared by its G rollouts; a fresh
-draw each time the prompt is sampled.
+draw each time the prompt is sampled. ``per="response"`` (VPPO, ``mask_per``) draws one mask per rollout
+instead (`response_key`). `diffusion_noise` is NoisyRollout's generation-time corruption.
 
 Ours differs from the official code in three documented ways:
 

@@ -1,7 +1,8 @@
 """PAPOConfig / PAPOTrainer: TRL's GRPOTrainer plus the PAPO perception loss.
 
-This file is the only place that touches TRL internals. It wraps (never copies) three methods of
-`trl.GRPOTrainer` (contract-tested in `tests/test_trainer_contract.py`):
+This file is the only place that touches TRL internals. It wraps (never copies) these methods of
+`trl.GRPOTrainer` (contract-tested in `tests/test_trainer_contract.py`); the last two serve only the
+follow-ups of issue 19 (VPPO, PGPO, NoisyRollout; the math is in `papo.followups`):
 
 * `_generate_and_score_completions` — after TRL has generated and scored a generation batch, mask
   each prompt's image(s) (`papo.masking`: one mask per prompt shared by its G rollouts, drawn from
@@ -18,6 +19,14 @@ This file is the only place that touches TRL internals. It wraps (never copies) 
   importance weighting, k3 clamped like verl's `low_var_kl`) and the PAPO terms from `papo.loss`:
   ``− γ·agg(w·KL_prcp) + d·(η1·H[π_θ] + η2·H[π_mask])``, aggregated like TRL's `loss_type`
   (`bnpo` = the official token-mean) and scaled for gradient accumulation like TRL's own loss.
+  With VPPO/PGPO on it first replaces the batch's advantages by TRL's documented per-token form
+  A_{i,t} = w_{i,t}·A_i (w: VPPO's gate × advantage scale, or PGPO's weights, from d_t computed at
+  generation: `visual_dependency`), the same gradient as weighting each token's policy-gradient loss.
+* `_prepare_inputs` — TRL's buffering unchanged; after a generation batch is split, VPPO's score range
+  (min/max of S_i over each optimizer step's micro-batches on this device) is attached to them.
+* `_generate_single_turn` — NoisyRollout: the second half of each group is generated from a
+  diffusion-noised copy of its image; TRL's `_generate` returns its own clean images, from which every
+  scoring forward (and so every loss term) is built.
 
 Dynamic sampling (DAPO) also lives here (`_dynamic_sampling`, official rules, any number of processes).
 Everything else — generation, rewards, advantages, clipping, the reference log-probs, PEFT, logging,
