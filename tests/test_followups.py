@@ -218,3 +218,19 @@ def test_mask_granularity_option():
     seeds = {mask_seed(0, 3, response_key(key, row)) for row in range(8)}
     assert len(seeds) == 8 and mask_seed(0, 3, key) not in seeds
     assert response_key(key, 2) == response_key(key, 2)
+
+
+def test_model_cards_name_the_followups():
+    from papo.hub import _algorithm
+
+    assert _algorithm({"perception_loss": False, "dynamic_sampling": True}) == ("DAPO", False)  # unchanged
+    vppo = {
+        "perception_loss": True,
+        "perception_kl_coef": 0.0,
+        "vppo_token_gating": True,
+        "dynamic_sampling": True,
+    }
+    assert _algorithm(vppo) == ("VPPO", False)
+    assert _algorithm({**vppo, "perception_kl_coef": 0.01}) == ("PAPO + VPPO", True)
+    assert _algorithm({"perception_loss": False, "pgpo": True}) == ("PGPO", False)
+    assert _algorithm({"perception_loss": False, "noisy_rollout": True}) == ("NoisyRollout", False)
