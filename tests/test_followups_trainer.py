@@ -141,6 +141,13 @@ def test_options_off_and_neutral_settings_are_exactly_grpo(setup, train_dataset)
     _assert_same(
         _loss_and_grads(_variant(setup, vppo_advantage_scaling=True, vppo_beta_min=1.0), inputs), grpo
     )
+    # with PAPO's term on, the neutral follow-up settings are exactly PAPO
+    papo = _loss_and_grads(_variant(setup, perception_loss=True, perception_kl_coef=0.5), inputs)
+    neutral = _variant(
+        setup, perception_loss=True, perception_kl_coef=0.5, vppo_token_gating=True, vppo_top_fraction=1.0
+    )
+    _assert_same(_loss_and_grads(neutral, inputs), papo)
+    assert _differs(papo, grpo)
     # and the real settings change the gradient (the tests can fail)
     assert _differs(_loss_and_grads(trainer, inputs), grpo)
     assert _differs(_loss_and_grads(_variant(setup, pgpo=True), inputs), grpo)
