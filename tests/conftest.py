@@ -59,6 +59,7 @@ FAST_MODULES = {
     "tests/test_rewards.py",
     "tests/test_guards.py",
     "tests/test_console.py",
+    "tests/test_followups.py",
     "tests/data/test_loading.py",
     "tests/data/test_synthetic.py",
     "tests/data/test_digits.py",
