@@ -67,6 +67,16 @@ FAST_MODULES = {
 }
 
 
+@pytest.fixture(scope="session")
+def preset_data(tmp_path_factory):
+    """A 4-row synthetic training set for the presets' one-step CPU runs."""
+    from papo.data.synthetic import save_synthetic_dataset
+
+    path = tmp_path_factory.mktemp("preset-data") / "synthetic"
+    save_synthetic_dataset(path, num_train=4, num_test=1, seed=0)
+    return path
+
+
 def pytest_collection_modifyitems(config, items):
     root = config.rootpath
     for item in items:

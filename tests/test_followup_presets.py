@@ -4,6 +4,7 @@ trains one step through the real `papo train` path on a tiny Qwen2.5-VL (CPU), l
 import json
 
 import pytest
+from test_presets import CPU_OVERRIDES  # the tiny-model overrides of every preset's CPU run
 
 from papo.train import available_presets, parse_train_args, train
 
@@ -12,22 +13,6 @@ PRESETS = [
     for method in ("vppo", "pgpo", "noisyrollout")
     for kind in ("lora", "qlora")
 ]
-CPU_OVERRIDES = [
-    "--max_steps", "1", "--per_device_train_batch_size", "2", "--num_generations", "2",
-    "--gradient_accumulation_steps", "1", "--steps_per_generation", "1", "--max_completion_length", "8",
-    "--max_train_samples", "2",
-    "--min_pixels", "3136", "--max_pixels", "12544", "--bf16", "false", "--dtype", "float32",
-    "--use_cpu", "true", "--save_strategy", "no", "--logging_steps", "1",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from papo.data.synthetic import save_synthetic_dataset
-
-    path = tmp_path_factory.mktemp("followup-preset-data") / "synthetic"
-    save_synthetic_dataset(path, num_train=4, num_test=1, seed=0)
-    return path
 
 
 def test_the_presets_exist():
@@ -62,7 +47,7 @@ def _check_paper_settings(preset, args, model_args):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_trains_one_step_on_a_tiny_model(preset, tiny_model_dirs, tiny_data, tmp_path):
+def test_preset_trains_one_step_on_a_tiny_model(preset, tiny_model_dirs, preset_data, tmp_path):
     _, training_args, model_args = parse_train_args(["--config", preset, "--bf16", "false"])
     _check_paper_settings(preset, training_args, model_args)
 
@@ -73,7 +58,7 @@ def test_preset_trains_one_step_on_a_tiny_model(preset, tiny_model_dirs, tiny_da
         "--model_name_or_path",
         tiny_model_dirs["qwen2_5_vl"],
         "--dataset_name",
-        str(tiny_data),
+        str(preset_data),
     ]
     script_args, training_args, model_args = parse_train_args(
         [*argv, "--output_dir", str(out), *CPU_OVERRIDES]
