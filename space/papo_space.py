@@ -905,9 +905,9 @@ def make_examples(directory: Path, num_synthetic: int = 5) -> list[Example]:
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.png")
-    image.save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, path)
+    from papo.files import write_file_atomically
+
+    write_file_atomically(path, lambda tmp: image.save(tmp, format="PNG", optimize=True))
 
 
 def _figure_to_image(fig) -> Image.Image:

@@ -60,6 +60,7 @@ FAST_MODULES = {
     "tests/test_guards.py",
     "tests/test_console.py",
     "tests/test_followups.py",
+    "tests/test_files.py",
     "tests/data/test_loading.py",
     "tests/data/test_synthetic.py",
     "tests/data/test_digits.py",

@@ -13,7 +13,6 @@ sample, extracted answer, correctness, tokens and per-token perception KL), ``re
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -184,17 +183,10 @@ def embedded_image(image: dict) -> dict:
 
 
 def write_predictions(predictions: datasets.Dataset, path: Path) -> Path:
-    """Parquet, written to a temp file and renamed: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
-    os.close(fd)
-    try:
-        predictions.to_parquet(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Parquet, written atomically (`papo.files`): a crash never leaves half a file."""
+    from papo.files import write_file_atomically
+
+    return write_file_atomically(path, lambda tmp: predictions.to_parquet(str(tmp)))
 
 
 def protocol(config: EvalConfig) -> dict[str, Any]:

@@ -8,11 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import evaluate  # a dependency: a missing one must fail, not skip
 import pytest
 
 from papo.metrics import PAPO_ACCURACY_METRIC_PATH
-
-evaluate = pytest.importorskip("evaluate")
 
 CASES = [
     # (completion, ground truth, correct?)
