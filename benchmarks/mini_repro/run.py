@@ -100,14 +100,6 @@ METHODS: dict[str, dict[str, Any]] = {
         "noisy_rollout_decay_mid_step": lambda config: round(config.rl_steps * 40 / 60),
     },
 }
-BASELINE_OF = {
-    "papo-g": "grpo",
-    "papo-g-high": "grpo",
-    "papo-d": "dapo",
-    "vppo": "dapo",
-    "pgpo": "dapo",
-    "noisyrollout": "grpo",
-}
 
 
 @dataclass

@@ -10,7 +10,7 @@ from PIL import Image
 
 from benchmarks.mini_repro import run as mini
 from benchmarks.mini_repro.evaluate import blind_images
-from benchmarks.mini_repro.report import mean_std, summarise
+from benchmarks.mini_repro.report import BASELINE_OF, mean_std, summarise
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_followup_arms_are_valid_papo_train_commands(method, tmp_path):
     command = mini.train_command(config, method, 0, tmp_path / "warm", tmp_path / "data")
     assert command[:2] == ["papo", "train"]
     _, args, _ = parse_train_args(command[2:])
-    assert mini.BASELINE_OF[method] == ("grpo" if method == "noisyrollout" else "dapo")
+    assert BASELINE_OF[method] == ("grpo" if method == "noisyrollout" else "dapo")
     if method == "vppo":
         assert args.vppo_token_gating and args.vppo_advantage_scaling and args.mask_per == "response"
     if method == "pgpo":
