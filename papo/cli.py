@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from papo import __version__
@@ -88,20 +89,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from papo.embedded import embedded_dataset, embedded_model
     from papo.evaluation.run import EvalConfig, run_eval
 
-    config = EvalConfig(
-        samples_per_question=args.samples,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        grader=args.grader,
-        seed=args.seed,
-        max_questions=args.max_questions,
-        perception_kl=not args.no_perception_kl,
-        kl_threshold=args.kl_threshold,
-        mask_ratio=args.mask_ratio,
-        skip_invalid=not args.fail_on_invalid,
-    )
+    config = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclass_fields(EvalConfig)})
     model = args.model or str(embedded_model(args.embedded_dir))
     sources = args.data or [str(embedded_dataset(args.embedded_dir, seed=args.seed))]
     result = run_eval(
@@ -177,6 +165,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, config_class) -> None:
+    """``--<field>`` for every field of a config dataclass (type, default, help, choices from the class):
+    one definition of each setting, as `papo train` gets from TRL's parser."""
+    import typing
+
+    hints = typing.get_type_hints(config_class)
+    for f in dataclass_fields(config_class):
+        kind = hints[f.name]
+        optional = type(None) in typing.get_args(kind)
+        if optional:
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        convert = _parse_bool if kind is bool else kind
+        names = [f"--{f.name}", *([f.metadata["alias"]] if "alias" in f.metadata else [])]
+        help_text = f.metadata.get("help", "")
+        parser.add_argument(
+            *names,
+            dest=f.name,
+            type=convert,
+            default=f.default,
+            choices=f.metadata.get("choices"),
+            metavar="{true,false}" if kind is bool else None,
+            help=f"{help_text} (default: {f.default})".strip(),
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="papo",
@@ -233,20 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="results.json of this model evaluated with another --seed (repeatable): adds the seed spread",
     )
-    ev.add_argument("--samples", type=int, default=8, help="samples per question (avg@k)")
-    ev.add_argument("--temperature", type=float, default=1.0)
-    ev.add_argument("--top_p", type=float, default=1.0)
-    ev.add_argument("--max_new_tokens", type=int, default=2048)
-    ev.add_argument("--batch_size", type=int, default=8)
-    ev.add_argument("--max_questions", type=int, default=None, help="first N questions of each set")
-    ev.add_argument("--grader", default="mathruler", choices=["mathruler", "math_verify"])
-    ev.add_argument("--no_perception_kl", action="store_true", help="skip the per-token KL analysis")
-    ev.add_argument("--kl_threshold", type=float, default=0.1)
-    ev.add_argument("--mask_ratio", type=float, default=0.6)
+    from papo.evaluation.run import EvalConfig
+
+    add_dataclass_options(ev, EvalConfig)
+    # Short forms kept from earlier releases (and the README): they set the same fields.
     ev.add_argument(
-        "--fail_on_invalid", action="store_true", help="stop at the first bad row (default: skip)"
+        "--no_perception_kl", dest="perception_kl", action="store_false", help="= --perception_kl false"
     )
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--fail_on_invalid", dest="skip_invalid", action="store_false", help="= --skip_invalid false"
+    )
     ev.add_argument("--dtype", default="auto")
     ev.add_argument("--device", default=None)
     ev.add_argument("--embedded_dir", default=str(DEFAULT_OUTPUT))

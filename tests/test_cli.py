@@ -173,3 +173,27 @@ def test_hand_written_yaml_errors_name_the_fix(tmp_path, monkeypatch, capsys):
     parse_train_args(["--config", str(bf16), "--bf16", "false", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="no CUDA GPU"):
         parse_train_args(["--config", str(plain), "--bf16", "true", "--output_dir", str(tmp_path)])
+
+
+def test_eval_options_are_generated_from_eval_config():
+    from dataclasses import fields
+
+    from papo.evaluation.run import EvalConfig
+
+    parser = build_parser()
+    defaults = parser.parse_args(["eval"])
+    assert all(getattr(defaults, f.name) == f.default for f in fields(EvalConfig))  # one set of defaults
+    args = parser.parse_args(
+        ["eval", "--mask_grid", "model", "--kl_estimator", "k3", "--mask_patch_size", "16", "--samples", "2"]
+    )
+    assert (args.mask_grid, args.kl_estimator, args.mask_patch_size, args.samples_per_question) == (
+        "model",
+        "k3",
+        16,
+        2,
+    )
+    short = parser.parse_args(["eval", "--no_perception_kl", "--fail_on_invalid"])
+    assert short.perception_kl is False and short.skip_invalid is False
+    assert parser.parse_args(["eval", "--perception_kl", "false"]).perception_kl is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--mask_grid", "pixels"])

@@ -13,7 +13,7 @@ sample, extracted answer, correctness, tokens and per-token perception KL), ``re
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +48,51 @@ PREDICTION_FEATURES = datasets.Features(
 
 @dataclass
 class EvalConfig:
-    """Generation and analysis settings; defaults are the official protocol (avg@8)."""
+    """Generation and analysis settings; defaults are the official protocol (avg@8).
 
-    samples_per_question: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 2048
-    batch_size: int = 8
-    grader: str = "mathruler"
-    seed: int = 0
-    max_questions: int | None = None
-    perception_kl: bool = True
-    kl_estimator: str = "full"
-    kl_threshold: float = 0.1
-    mask_ratio: float = 0.6
-    mask_patch_size: int = 14
-    mask_grid: str = "image"
-    skip_invalid: bool = True
+    `papo eval` takes each field as ``--<name>`` (generated from this class; help from ``metadata``).
+    """
+
+    samples_per_question: int = field(
+        default=8, metadata={"help": "answers sampled per question (avg@k; official 8)", "alias": "--samples"}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (official 1.0)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (official 1.0)"})
+    max_new_tokens: int = field(default=2048, metadata={"help": "answer length limit in tokens"})
+    batch_size: int = field(default=8, metadata={"help": "questions generated at once"})
+    grader: str = field(
+        default="mathruler", metadata={"help": "answer grader", "choices": ("mathruler", "math_verify")}
+    )
+    seed: int = field(default=0, metadata={"help": "sampling and mask seed"})
+    max_questions: int | None = field(default=None, metadata={"help": "first N questions of each set"})
+    perception_kl: bool = field(
+        default=True,
+        metadata={"help": "per-token perception KL vs a masked image (--no_perception_kl skips it)"},
+    )
+    kl_estimator: str = field(
+        default="full",
+        metadata={
+            "help": "per-token KL: full vocabulary, or the training estimators",
+            "choices": ("full", "k1", "k2", "k3"),
+        },
+    )
+    kl_threshold: float = field(
+        default=0.1, metadata={"help": "KL (nats) above which a token counts as image-dependent"}
+    )
+    mask_ratio: float = field(default=0.6, metadata={"help": "share of patches masked (as in training)"})
+    mask_patch_size: int = field(
+        default=14, metadata={"help": "mask patch side in pixels (Qwen2.5-VL 14, Qwen3-VL 16)"}
+    )
+    mask_grid: str = field(
+        default="image",
+        metadata={
+            "help": "mask on the raw image or on the model's resized grid",
+            "choices": ("image", "model"),
+        },
+    )
+    skip_invalid: bool = field(
+        default=True, metadata={"help": "skip and count invalid rows (--fail_on_invalid stops at the first)"}
+    )
 
     def __post_init__(self):
         for name in ("samples_per_question", "max_new_tokens", "batch_size"):
