@@ -490,16 +490,27 @@ def export_assets(
     }
     skipped = ("metrics.jsonl", "wall_seconds.json", "training_args.bin", "train.log")
 
+    # The card and the resolved config name the paths of this machine's run: ship them as the package's own
+    # (the warm start asset) and as the default output folder of the experiment.
+    shipped_base = str(embedded.WARM_START_ASSET.relative_to(embedded.ASSETS_DIR.parents[1]))
+    local_paths = {str(warm_start.resolve()): shipped_base, str(warm_start): shipped_base}
+    local_paths[str(Path(config.out).resolve())] = "outputs/mini_repro"
+    local_paths[str(Path(config.out))] = "outputs/mini_repro"
+
     def copy_from(source: Path) -> Callable[[Path], None]:
         def write(folder: Path) -> None:
             for path in source.iterdir():
                 if path.is_file() and path.name not in skipped:
                     shutil.copy2(path, folder / path.name)
+            for name in ("README.md", "papo_config.yaml"):
+                if (folder / name).exists():
+                    text = (folder / name).read_text()
+                    for local, shipped in sorted(local_paths.items(), key=lambda kv: -len(kv[0])):
+                        text = text.replace(local, shipped)
+                    (folder / name).write_text(text)
             if (folder / "adapter_config.json").exists():
                 adapter_config = json.loads((folder / "adapter_config.json").read_text())
-                adapter_config["base_model_name_or_path"] = str(
-                    embedded.WARM_START_ASSET.relative_to(embedded.ASSETS_DIR.parents[1])
-                )
+                adapter_config["base_model_name_or_path"] = shipped_base
                 (folder / "adapter_config.json").write_text(
                     json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"
                 )
