@@ -1194,7 +1194,7 @@ _COLUMN_DOCS = {
     "extracted": "per sample, the content of its last `\\boxed{}` (null if none)",
     "correct": "per sample, whether the grader accepted the extracted answer",
     "accuracy": "mean of `correct` for this question (0 to 1)",
-    "tokens": "per sample, its generated tokens (decoded one by one)",
+    "tokens": "per sample, the text each generated token adds (joined, they give the answer; a character split over several tokens appears on the last)",
     "perception_kl": "per sample, per generated token: KL(π(·|I) ‖ π(·|I_mask)), aligned with `tokens`",
     "visual_dependency": "per sample, per generated token: d_t, the k3 estimate of that KL on the generated token "
     "(what VPPO/PGPO act on), aligned with `tokens`",

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import unicodedata
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -573,47 +572,6 @@ class Settings:
 # --- tokens ------------------------------------------------------------------------------------------
 
 
-def token_pieces(tokenizer, ids: list[int]) -> list[str]:
-    """The text each token adds, so that "".join(pieces) is the decoded answer (special tokens kept).
-
-    Decoding the growing prefix (not each id alone) keeps multi-byte characters whole: a character split
-    over byte-level tokens appears on the token that completes it, the others get "".
-    """
-    pieces, previous = [], ""
-    for end in range(1, len(ids) + 1):
-        text = tokenizer.decode(ids[:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if text.startswith(previous) and not text.endswith("\ufffd"):
-            pieces.append(text[len(previous) :])
-            previous = text
-        else:  # an incomplete character: wait for the token that completes it
-            pieces.append("")
-    full = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    if pieces and "".join(pieces) != full:  # bytes that never formed a character, at the end
-        pieces[-1] += full[len(previous) :] if full.startswith(previous) else "\ufffd"
-    return pieces
-
-
-def readable(piece: str) -> str:
-    """A token piece made visible for labels: spaces as ␣, newlines as ↵, control characters as symbols."""
-    if piece == "":
-        return "∅"
-    out = []
-    for char in piece:
-        if char == " ":
-            out.append("␣")
-        elif char == "\n":
-            out.append("↵")
-        elif char == "\t":
-            out.append("⇥")
-        elif ord(char) < 0x20:
-            out.append(chr(0x2400 + ord(char)))  # U+2400 Control Pictures
-        elif unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
 def displayed(piece: str) -> str:
     """A token piece for the inline heat map: real text, but control characters made visible."""
     return "".join(chr(0x2400 + ord(c)) if ord(c) < 0x20 and c not in "\n\t" else c for c in piece)
@@ -636,6 +594,8 @@ class Answer:
 
     def label(self, position: int) -> str:
         """A readable label of one token; a partial character shows the tokenizer's byte token."""
+        from papo.analysis import readable
+
         piece = self.tokens[position]
         if piece or not self.raw_tokens:
             return readable(piece)
@@ -669,8 +629,10 @@ class Comparison:
 
     @property
     def kl_scale(self) -> float:
-        """The colour scale's top: the largest KL in either answer (0 if none)."""
-        return max((max(a.kl) for a in self.answers.values() if a.kl), default=0.0)
+        """The colour scale's top (`papo.analysis.kl_colour_scale`): one scale for both answers."""
+        from papo.analysis import kl_colour_scale
+
+        return kl_colour_scale(a.kl for a in self.answers.values())
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the images, JSON-safe: the API's detailed result."""
@@ -730,6 +692,7 @@ def compare(
     _require_ready(models)
     picture, notes = load_image(image, models.pixel_budget())
 
+    from papo.analysis import token_pieces
     from papo.evaluation.run import eval_prompt
     from papo.generation import generate_completions
     from papo.rewards import extract_boxed_answer, grade

@@ -21,7 +21,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from papo.analysis import perception_per_token
+from papo.analysis import perception_per_token, token_pieces
 from papo.data.loading import PROMPT_SUFFIX, build_prompt, prepare_papo_dataset
 from papo.generation import generate_completions
 from papo.masking import MaskingConfig
@@ -174,7 +174,8 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         records["extracted"].append(extracted)
         records["correct"].append(correct)
         records["accuracy"].append(sum(correct) / k)
-        records["tokens"].append([processor.tokenizer.convert_ids_to_tokens(ids) for _, ids in samples])
+        # the text each token adds (papo.analysis.token_pieces): "".join(pieces) is the answer
+        records["tokens"].append([token_pieces(processor.tokenizer, ids) for _, ids in samples])
         records["perception_kl"].append(kls[q * k : (q + 1) * k])
         records["visual_dependency"].append(dependencies[q * k : (q + 1) * k])
     predictions = datasets.Dataset.from_dict(records, features=PREDICTION_FEATURES)

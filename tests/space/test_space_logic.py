@@ -263,16 +263,6 @@ def test_settings_are_checked(kwargs, message):
         ps.Settings.checked(**values, max_tokens_limit=64)
 
 
-def test_token_pieces_rebuild_the_text_and_keep_characters_whole(models):
-    tokenizer = models.processor.tokenizer
-    text = "Réponse: 3 ≤ 4 \\boxed{3}"
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    pieces = ps.token_pieces(tokenizer, ids)
-    assert len(pieces) == len(ids) and "".join(pieces) == text
-    assert "\ufffd" not in "".join(pieces)
-    assert ps.readable(" a\nb\x07") == "␣a↵b␇" and ps.readable("") == "∅"
-
-
 # --- the comparison ----------------------------------------------------------------------------------
 
 
