@@ -86,9 +86,13 @@ def perception_per_token(
     masking: MaskingConfig | None = None,
     seed: int = 0,
     estimator: str = "full",
+    batch_size: int | None = None,
+    progress: str | None = None,
 ) -> dict[str, list[list[float]]]:
     """Both per-token quantities from one pair of forwards (original image, masked image), as lists of each
-    completion's length:
+    completion's length, `batch_size` completions per pair of forwards (default: all at once; a
+    `progress` description shows a bar over the batches). Masks are seeded per prompt, so batching does not
+    change them:
 
     * ``"perception_kl"``: KL(π(·|I) ‖ π(·|I_mask)), full-vocabulary by default (see the module docstring;
       ``estimator`` k1/k2/k3 gives the training estimators on the answer's tokens instead);
@@ -96,11 +100,32 @@ def perception_per_token(
       log π(o_t|I), ±20) on the answer's own tokens: the quantity VPPO gates and PGPO weights by
       (`papo.followups.visual_dependency`), i.e. the training k3 estimate of the KL above.
     """
-    from papo.followups import visual_dependency
-
     if estimator not in ("full", "k1", "k2", "k3"):
         raise ValueError(f"estimator must be 'full', 'k1', 'k2' or 'k3', got {estimator!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     masking = masking or MaskingConfig()
+    size = batch_size or max(len(completions), 1)
+    starts = range(0, len(completions), size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=progress, unit="batch")
+    out: dict[str, list[list[float]]] = {"perception_kl": [], "visual_dependency": []}
+    for start in starts:
+        chunk = slice(start, start + size)
+        both = _perception_batch(
+            model, processor, prompts[chunk], images[chunk], completions[chunk], masking, seed, estimator
+        )
+        for name in out:
+            out[name] += both[name]
+    return out
+
+
+def _perception_batch(model, processor, prompts, images, completions, masking, seed, estimator):
+    """`perception_per_token` for one batch: one forward with the images, one with their masked copies."""
+    from papo.followups import visual_dependency
+
     masked = [
         masked_copies(p, row, masking, seed, processor.image_processor)
         for p, row in zip(prompts, images, strict=True)
@@ -131,10 +156,20 @@ def perception_kl_per_token(
     masking: MaskingConfig | None = None,
     seed: int = 0,
     estimator: str = "full",
+    batch_size: int | None = None,
 ) -> list[list[float]]:
-    """KL(π(·|I) ‖ π(·|I_mask)) at every token of every completion (lists of each completion's length)."""
+    """KL(π(·|I) ‖ π(·|I_mask)) at every token of every completion (lists of each completion's length);
+    `batch_size` completions per pair of forwards (`perception_per_token`)."""
     return perception_per_token(
-        model, processor, prompts, images, completions, masking=masking, seed=seed, estimator=estimator
+        model,
+        processor,
+        prompts,
+        images,
+        completions,
+        masking=masking,
+        seed=seed,
+        estimator=estimator,
+        batch_size=batch_size,
     )["perception_kl"]
 
 

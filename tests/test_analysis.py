@@ -57,6 +57,12 @@ def test_batched_equals_one_by_one(setup):
             model, processor, prompts[i : i + 1], images[i : i + 1], completions[i : i + 1]
         )
         torch.testing.assert_close(torch.tensor(single[0]), torch.tensor(batched[i]), atol=1e-5, rtol=1e-4)
+    chunked = perception_kl_per_token(model, processor, prompts, images, completions, batch_size=1)
+    assert len(chunked) == len(batched)
+    for a, b in zip(chunked, batched, strict=True):  # batch_size only groups the forwards
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        perception_kl_per_token(model, processor, prompts, images, completions, batch_size=0)
 
 
 def test_logprobs_score_the_generated_tokens(setup):

@@ -71,11 +71,8 @@ def evaluate_policy(
         formats.append(format_score(text))
     result: dict[str, Any] = {}
     if perception_kl:
-        per_row: list[list[float]] = []
-        for start in range(0, len(prompts), batch_size):
-            stop = start + batch_size
-            ids = [completion for _, completion in completions[start:stop]]
-            per_row += perception_kl_per_token(model, processor, prompts[start:stop], images[start:stop], ids)
+        ids = [completion for _, completion in completions]
+        per_row = perception_kl_per_token(model, processor, prompts, images, ids, batch_size=batch_size)
         result["perception_kl"] = _token_mean(per_row)
         for key, column in (
             ("perception_kl_by_dependency", "vision_dependency"),

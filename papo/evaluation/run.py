@@ -19,7 +19,6 @@ from typing import Any
 
 import datasets
 import torch
-from tqdm.auto import tqdm
 
 from papo.analysis import perception_per_token, token_pieces
 from papo.data.loading import PROMPT_SUFFIX, build_prompt, prepare_papo_dataset
@@ -140,23 +139,19 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
     kls: list[list[float]] = [[] for _ in outputs]
     dependencies: list[list[float]] = [[] for _ in outputs]
     if config.perception_kl:
-        kls, dependencies = [], []
-        starts = range(0, len(outputs), config.batch_size)
-        for start in tqdm(starts, desc=f"Perception KL [{name}]", unit="batch"):
-            chunk = slice(start, start + config.batch_size)
-            rows = range(len(outputs))[chunk]
-            both = perception_per_token(
-                model,
-                processor,
-                [prompts[i // k] for i in rows],
-                [images[i // k] for i in rows],
-                [outputs[i][1] or [processor.tokenizer.eos_token_id] for i in rows],
-                masking=config.masking,
-                seed=config.seed,
-                estimator=config.kl_estimator,
-            )
-            kls += both["perception_kl"]
-            dependencies += both["visual_dependency"]
+        both = perception_per_token(
+            model,
+            processor,
+            [prompts[i // k] for i in range(len(outputs))],
+            [images[i // k] for i in range(len(outputs))],
+            [ids or [processor.tokenizer.eos_token_id] for _, ids in outputs],
+            masking=config.masking,
+            seed=config.seed,
+            estimator=config.kl_estimator,
+            batch_size=config.batch_size,
+            progress=f"Perception KL [{name}]",
+        )
+        kls, dependencies = both["perception_kl"], both["visual_dependency"]
 
     records = {key: [] for key in PREDICTION_FEATURES}
     first_images = [embedded_image(images[0]) for images in _undecoded_images(dataset)]
