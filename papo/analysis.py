@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from papo.families import check_masked_layout, family_of
 from papo.generation import render_prompt
 from papo.loss import per_token_kl
 from papo.masking import MaskingConfig, mask_images, mask_seed, prompt_key
@@ -38,6 +39,14 @@ def masked_copies(
     return mask_images(list(images), config, mask_seed(seed, draw, key), image_processor)
 
 
+def processor_inputs(processor, prompts: Sequence[list[dict[str, Any]]], images: Sequence[Sequence]):
+    """The processor's batch for `prompts` (left-padded), images given per prompt (nested lists)."""
+    texts = [render_prompt(processor, prompt) for prompt in prompts]
+    nested = [list(row) for row in images]
+    has_images = any(nested)
+    return processor(text=texts, images=nested if has_images else None, padding=True, return_tensors="pt")
+
+
 @torch.no_grad()
 def completion_logprobs(
     model,
@@ -51,11 +60,7 @@ def completion_logprobs(
     Returns (logprobs (B, T, V) float32, mask (B, T)), T the longest completion; prompts left-padded
     by the processor, completions right-padded.
     """
-    texts = [render_prompt(processor, prompt) for prompt in prompts]
-    flat_images = [image for row in images for image in row]
-    inputs = processor(text=texts, images=flat_images or None, padding=True, return_tensors="pt").to(
-        model.device
-    )
+    inputs = processor_inputs(processor, prompts, images).to(model.device)
     width = max(len(c) for c in completions)
     pad = processor.tokenizer.pad_token_id
     completion_ids = torch.tensor(
@@ -92,6 +97,12 @@ def perception_kl_per_token(
         masked_copies(p, row, masking, seed, processor.image_processor)
         for p, row in zip(prompts, images, strict=True)
     ]
+    # Same processor call on both: only the pixel values may differ (token ids, tiles, crops, masks equal).
+    check_masked_layout(
+        processor_inputs(processor, prompts, images),
+        processor_inputs(processor, prompts, masked),
+        family_of(model).name,
+    )
     logp, mask = completion_logprobs(model, processor, prompts, images, completions)
     logq, _ = completion_logprobs(model, processor, prompts, masked, completions)
     if estimator == "full":

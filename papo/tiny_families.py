@@ -242,7 +242,7 @@ def build_family_config(architecture: str, tokenizer, spec: TinyVLMSpec | None =
             eos_token_id=[ids("<eos>"), ids("<end_of_turn>")],
             bos_token_id=ids("<bos>"),
         )
-        vision.update(image_size=GEMMA3_IMAGE_SIZE, patch_size=14)
+        vision.update(image_size=GEMMA3_IMAGE_SIZE, patch_size=14, vision_use_head=False)  # as released
         return Gemma3Config(
             text_config=text,
             vision_config=vision,
