@@ -47,6 +47,7 @@ class Family:
     vision_lora_targets: str
     quantization_skip_modules: tuple[str, ...]  # prefixes kept out of 4-bit (lm_head is added for all)
     mask_grid_model: bool  # whether mask_grid: model is supported
+    pixel_bounds: bool  # whether min_pixels/max_pixels (Qwen's dynamic-resolution bounds) apply
 
 
 FAMILIES: dict[str, Family] = {
@@ -60,6 +61,7 @@ FAMILIES: dict[str, Family] = {
             r".*visual\.blocks.*\.(qkv|proj|gate_proj|up_proj|down_proj)",
             ("model.visual", "visual"),
             True,
+            True,
         ),
         Family(
             "qwen3_vl",
@@ -68,6 +70,7 @@ FAMILIES: dict[str, Family] = {
             rf".*language_model.*{_LM_PROJ}",
             r".*visual\.blocks.*\.(qkv|proj|gate_proj|up_proj|down_proj)",
             ("model.visual", "visual"),
+            True,
             True,
         ),
         Family(
@@ -78,6 +81,7 @@ FAMILIES: dict[str, Family] = {
             rf".*vision_tower.*{_SIGLIP_PROJ}",
             ("model.vision_tower", "model.multi_modal_projector"),
             True,
+            False,
         ),
         Family(
             "smolvlm",
@@ -86,6 +90,7 @@ FAMILIES: dict[str, Family] = {
             rf".*text_model.*{_LM_PROJ}",
             rf".*vision_model.*{_SIGLIP_PROJ}",
             ("model.vision_model", "model.connector"),
+            False,
             False,
         ),
     )
@@ -116,6 +121,26 @@ def quantization_skip_modules() -> list[str]:
     """Every family's unquantised modules (prefixes of module names) plus lm_head, for any model."""
     skip = [prefix for family in FAMILIES.values() for prefix in family.quantization_skip_modules]
     return list(dict.fromkeys([*skip, "lm_head"]))
+
+
+def pixel_budget(image_processor) -> int | None:
+    """Roughly how many pixels of an image the processor keeps (for downscaling huge uploads), or None.
+
+    Qwen2-VL family: max_pixels (size.longest_edge is a pixel count there); Gemma 3: its square input;
+    SmolVLM/Idefics3: size.longest_edge is an edge length, so its square.
+    """
+    size = getattr(image_processor, "size", None)
+    if size is None:
+        return None
+    get = size.get if isinstance(size, dict) else lambda name: getattr(size, name, None)
+    if hasattr(image_processor, "merge_size"):
+        value = get("longest_edge") or get("max_pixels")
+        return int(value) if value else None
+    if get("height") and get("width"):
+        return int(get("height")) * int(get("width"))
+    if get("longest_edge"):
+        return int(get("longest_edge")) ** 2
+    return None
 
 
 # --- mask_grid: model ------------------------------------------------------------------------------

@@ -252,3 +252,32 @@ def test_per_token_kl_is_zero_without_masking_and_positive_with_it(arch, family_
     assert [len(k) for k in full] == [len(c) for c in completions]
     assert max(abs(v) for row in none for v in row) < 1e-5
     assert sum(v for row in full for v in row) > 0
+
+
+# --- the Space ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", OTHER_ARCHITECTURES)
+def test_space_loads_each_family_and_scores_both_answers(arch, family_dirs, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from peft import LoraConfig, get_peft_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space"))
+    from papo_space import Models, SpaceConfig, compare
+
+    base = AutoModelForImageTextToText.from_pretrained(family_dirs[arch])
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=32, target_modules=lora_target_modules(family=base.config), init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
+    config = SpaceConfig(base_model=family_dirs[arch], adapter=str(tmp_path / "adapter"), device="cpu")
+    models = Models(config)
+    models.load()
+    assert models.ready and models.names["family"] == FAMILIES[arch].label
+    result = compare(models, _picture(64, 48), "How many circles?", seed=0, max_new_tokens=6, mask_ratio=0.6)
+    for answer in result.answers.values():
+        assert len(answer.kl) == len(answer.token_ids) > 0
+    assert result.masked_image.size == result.image.size and result.models["family"] == FAMILIES[arch].label
+    with pytest.raises(ValueError, match="min_pixels/max_pixels"):
+        Models(SpaceConfig(base_model=family_dirs[arch], adapter=str(tmp_path / "adapter"), device="cpu", min_pixels=3136)).load()
