@@ -54,13 +54,15 @@ def completion_logprobs(
     prompts: Sequence[list[dict[str, Any]]],
     images: Sequence[Sequence],
     completions: Sequence[list[int]],
+    inputs=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities over the vocabulary at each completion position.
 
     Returns (logprobs (B, T, V) float32, mask (B, T)), T the longest completion; prompts left-padded
-    by the processor, completions right-padded.
+    by the processor, completions right-padded. `inputs`: the processor batch of (prompts, images) if
+    already made (`processor_inputs`).
     """
-    inputs = processor_inputs(processor, prompts, images).to(model.device)
+    inputs = (processor_inputs(processor, prompts, images) if inputs is None else inputs).to(model.device)
     width = max(len(c) for c in completions)
     pad = processor.tokenizer.pad_token_id
     completion_ids = torch.tensor(
@@ -98,13 +100,11 @@ def perception_kl_per_token(
         for p, row in zip(prompts, images, strict=True)
     ]
     # Same processor call on both: only the pixel values may differ (token ids, tiles, crops, masks equal).
-    check_masked_layout(
-        processor_inputs(processor, prompts, images),
-        processor_inputs(processor, prompts, masked),
-        family_of(model).name,
-    )
-    logp, mask = completion_logprobs(model, processor, prompts, images, completions)
-    logq, _ = completion_logprobs(model, processor, prompts, masked, completions)
+    original_inputs = processor_inputs(processor, prompts, images)
+    masked_inputs = processor_inputs(processor, prompts, masked)
+    check_masked_layout(original_inputs, masked_inputs, family_of(model).name)
+    logp, mask = completion_logprobs(model, processor, prompts, images, completions, inputs=original_inputs)
+    logq, _ = completion_logprobs(model, processor, prompts, masked, completions, inputs=masked_inputs)
     if estimator == "full":
         kl = (logp.exp() * (logp - logq)).sum(-1).clamp(min=0.0)  # >= 0; clamp float round-off only
     elif estimator in ("k1", "k2", "k3"):

@@ -559,6 +559,12 @@ class PAPOTrainer(GRPOTrainer):
         its `generate` checks before sending; `sync_weights` / `_iter_named_params` record every
         weight sent and check the LoRA layers after each sync.
         """
+        family = family_of(self.model.config)
+        if not family.name.startswith("qwen"):
+            raise ValueError(
+                f"vllm_checks: the vLLM prompt checks know Qwen's image-token layout only, not {family.label}'s. "
+                "Set vllm_checks: false to run vLLM unchecked, or use_vllm: false (HF generation)."
+            )
         backend = self.vllm_generation
         generate, sync_weights, walk = backend.generate, backend.sync_weights, backend._iter_named_params
 
