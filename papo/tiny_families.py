@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from papo.tiny import _TOKENIZER_CORPUS, TinyVLMSpec, _seeded
@@ -291,6 +293,12 @@ def build_tiny_family_vlm(architecture: str, seed: int = 0, spec: TinyVLMSpec | 
         bos = tok.convert_tokens_to_ids("<|im_start|>")
     with _seeded(seed):
         model = model_cls(config)
+        if architecture == "gemma3":
+            # Gemma 3 creates its image projection as zeros (the checkpoint fills it): left so, the image
+            # would not reach the language model at all and every perception KL would be exactly 0.
+            weight = model.model.multi_modal_projector.mm_input_projection_weight
+            with torch.no_grad():
+                weight.normal_(0.0, weight.size(0) ** -0.5)
     model.generation_config = GenerationConfig(
         bos_token_id=bos,
         eos_token_id=stop,

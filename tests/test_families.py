@@ -219,7 +219,7 @@ def test_preset_runs_one_papo_step_through_papo_train(arch, family_dirs, tiny_da
     assert trainer.state.global_step == 1
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     step = next(log for log in logs if "reward" in log)
-    assert "perception_kl" in step and torch.isfinite(torch.tensor(step["perception_kl"]))
+    assert "perception_kl" in step and 0 < step["perception_kl"] < float("inf")  # the image matters
     lora = {n for n, _ in trainer.model.named_parameters() if "lora_" in n}
     lm = "language_model" if arch == "gemma3" else "text_model"
     assert lora and all(f".{lm}." in n for n in lora)
@@ -251,7 +251,7 @@ def test_per_token_kl_is_zero_without_masking_and_positive_with_it(arch, family_
     full = perception_kl_per_token(model, processor, prompts, images, completions, masking=MaskingConfig(mask_ratio=1.0))
     assert [len(k) for k in full] == [len(c) for c in completions]
     assert max(abs(v) for row in none for v in row) < 1e-5
-    assert sum(v for row in full for v in row) > 0
+    assert sum(v for row in full for v in row) > 1e-4  # the image reaches the language model
 
 
 # --- the Space ----------------------------------------------------------------------------------------
