@@ -204,7 +204,9 @@ def check_masked_layout(original: dict[str, Any], masked: dict[str, Any], family
     keys = sorted(set(original) | set(masked))
     for key in keys:
         if key not in original or key not in masked:
-            raise ValueError(f"masked pass{where}: the processor output key {key!r} is only in one of the two calls")
+            raise ValueError(
+                f"masked pass{where}: the processor output key {key!r} is only in one of the two calls"
+            )
         a, b = original[key], masked[key]
         if key in IMAGE_CONTENT_KEYS:
             if tuple(a.shape) != tuple(b.shape):

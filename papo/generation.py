@@ -57,7 +57,10 @@ def generate_completions(
             batch_images = [list(row) for row in images[start : start + batch_size]]
             texts = [render_prompt(processor, prompt) for prompt in batch_prompts]
             inputs = processor(
-                text=texts, images=batch_images if any(batch_images) else None, padding=True, return_tensors="pt"
+                text=texts,
+                images=batch_images if any(batch_images) else None,
+                padding=True,
+                return_tensors="pt",
             )
             inputs = inputs.to(model.device)
             sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}

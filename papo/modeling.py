@@ -134,7 +134,9 @@ def load_model_for_training(
     from transformers import AutoConfig
 
     with explain_missing(name_or_path):
-        family_of(AutoConfig.from_pretrained(str(name_or_path), revision=revision))  # unsupported: one sentence
+        family_of(
+            AutoConfig.from_pretrained(str(name_or_path), revision=revision)
+        )  # unsupported: one sentence
     quantization_config = four_bit_config() if load_in_4bit else None
     try:
         with explain_missing(name_or_path):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 
 import torch
-
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from papo.tiny import _TOKENIZER_CORPUS, TinyVLMSpec, _seeded
@@ -120,7 +119,11 @@ def build_gemma3_tokenizer(vocab_size: int = 1024):
     bpe.train_from_iterator(_TOKENIZER_CORPUS, trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
-    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    named = {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    }
     tokenizer = GemmaTokenizer(
         vocab=state["vocab"],
         merges=merges,

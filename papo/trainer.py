@@ -41,9 +41,8 @@ from typing import Any
 import torch
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOConfig, GRPOTrainer
-from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
-
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from papo.families import (
     check_masked_layout,

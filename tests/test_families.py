@@ -45,7 +45,9 @@ def _prompt(text: str) -> list[dict]:
 
 def _picture(width: int, height: int, seed: int = 0) -> Image.Image:
     rng = torch.Generator().manual_seed(seed)
-    return Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=rng, dtype=torch.uint8).numpy())
+    return Image.fromarray(
+        torch.randint(0, 256, (height, width, 3), generator=rng, dtype=torch.uint8).numpy()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,9 @@ def test_tiny_model_loads_with_the_auto_classes_and_its_family_is_detected(arch,
 
 
 def test_an_unsupported_family_gets_one_sentence_naming_the_supported_ones():
-    with pytest.raises(ValueError, match=r"model_type='llava' is not supported by PAPO; supported families") as err:
+    with pytest.raises(
+        ValueError, match=r"model_type='llava' is not supported by PAPO; supported families"
+    ) as err:
         family_of("llava")
     for family in FAMILIES.values():
         assert family.label in str(err.value)
@@ -103,7 +107,9 @@ def test_chat_template_and_image_tokens(arch, family_dirs):
         text = tok.decode(ids)
         assert text.startswith("<bos><start_of_turn>user\n") and text.endswith("<start_of_turn>model\n")
         assert int((ids == tok.convert_tokens_to_ids("<image_soft_token>")).sum()) == 4  # mm_tokens_per_image
-        assert torch.equal(inputs["token_type_ids"][0].bool(), ids == tok.convert_tokens_to_ids("<image_soft_token>"))
+        assert torch.equal(
+            inputs["token_type_ids"][0].bool(), ids == tok.convert_tokens_to_ids("<image_soft_token>")
+        )
     else:
         # 64x48 -> longest edge 64 -> 2x2 tiles of 32 px + the global view, 4 tokens each
         assert tuple(inputs["pixel_values"].shape) == (1, 5, 3, 32, 32)
@@ -137,7 +143,10 @@ def test_masked_pass_changes_only_the_image_tensors(arch, family_dirs):
     processor = AutoProcessor.from_pretrained(family_dirs[arch])
     prompts = [_prompt("Short?"), _prompt("A longer question about the picture?")]
     images = [[_picture(64, 48, 1)], [_picture(30, 90, 2)]]
-    masked = [mask_images(row, MaskingConfig(), seed=i, image_processor=processor.image_processor) for i, row in enumerate(images)]
+    masked = [
+        mask_images(row, MaskingConfig(), seed=i, image_processor=processor.image_processor)
+        for i, row in enumerate(images)
+    ]
     original_inputs = processor_inputs(processor, prompts, images)
     masked_inputs = processor_inputs(processor, prompts, masked)
     check_masked_layout(original_inputs, masked_inputs, arch)
@@ -213,7 +222,14 @@ def test_preset_runs_one_papo_step_through_papo_train(arch, family_dirs, tiny_da
         assert training_args.perception_kl_coef == 0.02 and training_args.beta == 0.01
     # the LoRA preset on the tiny model; recompute_masked_logps exercises the per-sample masked pixel values
     out = tmp_path / "run"
-    argv = ["--config", presets[0], "--model_name_or_path", family_dirs[arch], "--dataset_name", str(tiny_data)]
+    argv = [
+        "--config",
+        presets[0],
+        "--model_name_or_path",
+        family_dirs[arch],
+        "--dataset_name",
+        str(tiny_data),
+    ]
     argv += ["--output_dir", str(out), *CPU_OVERRIDES, "--recompute_masked_logps", "true"]
     trainer = train(*parse_train_args(argv))
     assert trainer.state.global_step == 1
@@ -245,10 +261,17 @@ def test_per_token_kl_is_zero_without_masking_and_positive_with_it(arch, family_
     model = AutoModelForImageTextToText.from_pretrained(family_dirs[arch]).eval()
     processor = AutoProcessor.from_pretrained(family_dirs[arch])
     processor.tokenizer.padding_side = "left"
-    prompts, images = [_prompt("How many?"), _prompt("Which side?")], [[_picture(64, 48, 3)], [_picture(40, 40, 4)]]
+    prompts, images = (
+        [_prompt("How many?"), _prompt("Which side?")],
+        [[_picture(64, 48, 3)], [_picture(40, 40, 4)]],
+    )
     completions = [processor.tokenizer.encode("<think>3</think>", add_special_tokens=False)] * 2
-    none = perception_kl_per_token(model, processor, prompts, images, completions, masking=MaskingConfig(mask_ratio=0.0))
-    full = perception_kl_per_token(model, processor, prompts, images, completions, masking=MaskingConfig(mask_ratio=1.0))
+    none = perception_kl_per_token(
+        model, processor, prompts, images, completions, masking=MaskingConfig(mask_ratio=0.0)
+    )
+    full = perception_kl_per_token(
+        model, processor, prompts, images, completions, masking=MaskingConfig(mask_ratio=1.0)
+    )
     assert [len(k) for k in full] == [len(c) for c in completions]
     assert max(abs(v) for row in none for v in row) < 1e-5
     assert sum(v for row in full for v in row) > 1e-4  # the image reaches the language model
@@ -269,7 +292,9 @@ def test_space_loads_each_family_and_scores_both_answers(arch, family_dirs, tmp_
 
     base = AutoModelForImageTextToText.from_pretrained(family_dirs[arch])
     torch.manual_seed(0)
-    lora = LoraConfig(r=4, lora_alpha=32, target_modules=lora_target_modules(family=base.config), init_lora_weights=False)
+    lora = LoraConfig(
+        r=4, lora_alpha=32, target_modules=lora_target_modules(family=base.config), init_lora_weights=False
+    )
     get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
     config = SpaceConfig(base_model=family_dirs[arch], adapter=str(tmp_path / "adapter"), device="cpu")
     models = Models(config)
@@ -280,4 +305,8 @@ def test_space_loads_each_family_and_scores_both_answers(arch, family_dirs, tmp_
         assert len(answer.kl) == len(answer.token_ids) > 0
     assert result.masked_image.size == result.image.size and result.models["family"] == FAMILIES[arch].label
     with pytest.raises(ValueError, match="min_pixels/max_pixels"):
-        Models(SpaceConfig(base_model=family_dirs[arch], adapter=str(tmp_path / "adapter"), device="cpu", min_pixels=3136)).load()
+        Models(
+            SpaceConfig(
+                base_model=family_dirs[arch], adapter=str(tmp_path / "adapter"), device="cpu", min_pixels=3136
+            )
+        ).load()
