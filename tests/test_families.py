@@ -208,29 +208,24 @@ def test_mask_grid_model_is_refused_for_smolvlm(family_dirs):
 # --- training, evaluation -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", OTHER_ARCHITECTURES)
-def test_preset_runs_one_papo_step_through_papo_train(arch, family_dirs, tiny_data, tmp_path):
+@pytest.mark.parametrize(
+    "arch, preset", [(arch, preset) for arch, presets in FAMILY_PRESETS.items() for preset in presets]
+)
+def test_preset_runs_one_papo_step_through_papo_train(arch, preset, family_dirs, tiny_data, tmp_path):
     from papo.train import available_presets, parse_train_args, train
 
-    presets = FAMILY_PRESETS[arch]
-    assert set(presets) <= set(available_presets())
-    for preset in presets:
-        script_args, training_args, model_args = parse_train_args(["--config", preset, "--bf16", "false"])
-        assert family_of("gemma3" if "gemma3" in preset else "smolvlm").name == arch
-        assert model_args.load_in_4bit == preset.endswith("qlora")
-        assert script_args.min_pixels is None and script_args.max_pixels is None
-        assert training_args.perception_kl_coef == 0.02 and training_args.beta == 0.01
-    # the LoRA preset on the tiny model; recompute_masked_logps exercises the per-sample masked pixel values
+    assert preset in available_presets()
+    script_args, training_args, model_args = parse_train_args(["--config", preset, "--bf16", "false"])
+    qlora = preset.endswith("qlora")
+    assert model_args.load_in_4bit == qlora and model_args.use_peft
+    assert script_args.min_pixels is None and script_args.max_pixels is None  # Qwen-only bounds
+    assert training_args.perception_kl_coef == 0.02 and training_args.beta == 0.01
+    assert training_args.mask_patch_size == 14 and training_args.mask_grid == "image"
+    # The preset on the tiny model (only sizes, steps and precision overridden). LoRA presets also re-run
+    # the masked branch with gradient (recompute_masked_logps): per-sample masked pixel values.
     out = tmp_path / "run"
-    argv = [
-        "--config",
-        presets[0],
-        "--model_name_or_path",
-        family_dirs[arch],
-        "--dataset_name",
-        str(tiny_data),
-    ]
-    argv += ["--output_dir", str(out), *CPU_OVERRIDES, "--recompute_masked_logps", "true"]
+    argv = ["--config", preset, "--model_name_or_path", family_dirs[arch], "--dataset_name", str(tiny_data)]
+    argv += ["--output_dir", str(out), *CPU_OVERRIDES, "--recompute_masked_logps", str(not qlora).lower()]
     trainer = train(*parse_train_args(argv))
     assert trainer.state.global_step == 1
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -238,7 +233,12 @@ def test_preset_runs_one_papo_step_through_papo_train(arch, family_dirs, tiny_da
     assert "perception_kl" in step and 0 < step["perception_kl"] < float("inf")  # the image matters
     lora = {n for n, _ in trainer.model.named_parameters() if "lora_" in n}
     lm = "language_model" if arch == "gemma3" else "text_model"
-    assert lora and all(f".{lm}." in n for n in lora)
+    assert lora and all(f".{lm}." in n for n in lora)  # language model only by default
+    four_bit = {n for n, m in trainer.model.named_modules() if type(m).__name__ == "Linear4bit"}
+    if qlora:  # the language model in 4-bit; vision tower, projector/connector and lm_head are not
+        assert four_bit and all(f".{lm}." in n for n in four_bit)
+    else:
+        assert not four_bit
 
 
 @pytest.mark.parametrize("arch", OTHER_ARCHITECTURES)
