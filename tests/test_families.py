@@ -310,3 +310,21 @@ def test_space_loads_each_family_and_scores_both_answers(arch, family_dirs, tmp_
                 base_model=family_dirs[arch], adapter=str(tmp_path / "adapter"), device="cpu", min_pixels=3136
             )
         ).load()
+
+
+@pytest.mark.parametrize("arch", OTHER_ARCHITECTURES)
+def test_left_padded_batch_matches_single_prompt_generation(arch, family_dirs):
+    """Batched greedy generation (left padding, images nested per prompt) gives what each prompt gives alone."""
+    from papo.generation import generate
+    from papo.modeling import load_vlm
+
+    model, processor = load_vlm(family_dirs[arch])
+    images = [[_picture(64, 48, 5)], [_picture(40, 80, 6)]]
+    prompts = [_prompt("Short?"), _prompt("This prompt is quite a lot longer than the first one, is it not?")]
+    kwargs = dict(max_new_tokens=6, do_sample=False, show_progress=False)
+    batched = generate(model, processor, prompts, images, batch_size=2, **kwargs)
+    single = [
+        generate(model, processor, [p], [i], batch_size=1, **kwargs)[0]
+        for p, i in zip(prompts, images, strict=True)
+    ]
+    assert batched == single
