@@ -82,6 +82,55 @@ def completion_logprobs(
     return torch.log_softmax(logits.float(), dim=-1), completion_mask
 
 
+def perception_per_token(
+    model,
+    processor,
+    prompts: Sequence[list[dict[str, Any]]],
+    images: Sequence[Sequence],
+    completions: Sequence[list[int]],
+    *,
+    masking: MaskingConfig | None = None,
+    seed: int = 0,
+    estimator: str = "full",
+) -> dict[str, list[list[float]]]:
+    """Both per-token quantities from one pair of forwards (original image, masked image), as lists of each
+    completion's length:
+
+    * ``"perception_kl"``: KL(π(·|I) ‖ π(·|I_mask)), full-vocabulary by default (see the module docstring;
+      ``estimator`` k1/k2/k3 gives the training estimators on the answer's tokens instead);
+    * ``"visual_dependency"``: d_t = clamp(exp(x) − x − 1, 0, 10), x = clamp(log π(o_t|I_mask) −
+      log π(o_t|I), ±20) on the answer's own tokens: the quantity VPPO gates and PGPO weights by
+      (`papo.followups.visual_dependency`), i.e. the training k3 estimate of the KL above.
+    """
+    from papo.followups import visual_dependency
+
+    if estimator not in ("full", "k1", "k2", "k3"):
+        raise ValueError(f"estimator must be 'full', 'k1', 'k2' or 'k3', got {estimator!r}")
+    masking = masking or MaskingConfig()
+    masked = [
+        masked_copies(p, row, masking, seed, processor.image_processor)
+        for p, row in zip(prompts, images, strict=True)
+    ]
+    # Same processor call on both: only the pixel values may differ (token ids, tiles, crops, masks equal).
+    original_inputs = processor_inputs(processor, prompts, images)
+    masked_inputs = processor_inputs(processor, prompts, masked)
+    check_masked_layout(original_inputs, masked_inputs, family_of(model).name)
+    logp, mask = completion_logprobs(model, processor, prompts, images, completions, inputs=original_inputs)
+    logq, _ = completion_logprobs(model, processor, prompts, masked, completions, inputs=masked_inputs)
+    ids = torch.tensor([list(c) + [0] * (mask.size(1) - len(c)) for c in completions], device=logp.device)
+    sampled_p = logp.gather(-1, ids[..., None]).squeeze(-1)
+    sampled_q = logq.gather(-1, ids[..., None]).squeeze(-1)
+    if estimator == "full":
+        kl = (logp.exp() * (logp - logq)).sum(-1).clamp(min=0.0)  # >= 0; clamp float round-off only
+    else:
+        kl = per_token_kl(sampled_p, sampled_q, estimator)
+    d = visual_dependency(sampled_p, sampled_q, mask)
+    return {
+        name: [row[: len(c)].tolist() for row, c in zip(values.cpu(), completions, strict=True)]
+        for name, values in (("perception_kl", kl), ("visual_dependency", d))
+    }
+
+
 def perception_kl_per_token(
     model,
     processor,
@@ -94,24 +143,6 @@ def perception_kl_per_token(
     estimator: str = "full",
 ) -> list[list[float]]:
     """KL(π(·|I) ‖ π(·|I_mask)) at every token of every completion (lists of each completion's length)."""
-    masking = masking or MaskingConfig()
-    masked = [
-        masked_copies(p, row, masking, seed, processor.image_processor)
-        for p, row in zip(prompts, images, strict=True)
-    ]
-    # Same processor call on both: only the pixel values may differ (token ids, tiles, crops, masks equal).
-    original_inputs = processor_inputs(processor, prompts, images)
-    masked_inputs = processor_inputs(processor, prompts, masked)
-    check_masked_layout(original_inputs, masked_inputs, family_of(model).name)
-    logp, mask = completion_logprobs(model, processor, prompts, images, completions, inputs=original_inputs)
-    logq, _ = completion_logprobs(model, processor, prompts, masked, completions, inputs=masked_inputs)
-    if estimator == "full":
-        kl = (logp.exp() * (logp - logq)).sum(-1).clamp(min=0.0)  # >= 0; clamp float round-off only
-    elif estimator in ("k1", "k2", "k3"):
-        ids = torch.tensor([list(c) + [0] * (mask.size(1) - len(c)) for c in completions], device=logp.device)
-        sampled_p = logp.gather(-1, ids[..., None]).squeeze(-1)
-        sampled_q = logq.gather(-1, ids[..., None]).squeeze(-1)
-        kl = per_token_kl(sampled_p, sampled_q, estimator)
-    else:
-        raise ValueError(f"estimator must be 'full', 'k1', 'k2' or 'k3', got {estimator!r}")
-    return [row[: len(c)].tolist() for row, c in zip(kl.cpu(), completions, strict=True)]
+    return perception_per_token(
+        model, processor, prompts, images, completions, masking=masking, seed=seed, estimator=estimator
+    )["perception_kl"]

@@ -635,6 +635,8 @@ class Answer:
     kl: list[float] = field(default_factory=list)
     extracted: str | None = None
     correct: bool | None = None
+    # d_t per token: k3 on the answer's own tokens, what VPPO gates and PGPO weights by (papo.followups)
+    dependency: list[float] = field(default_factory=list)
 
     def label(self, position: int) -> str:
         """A readable label of one token; a partial character shows the tokenizer's byte token."""
@@ -650,6 +652,7 @@ class Answer:
             "n_tokens": len(kl),
             "mean_kl": sum(kl) / len(kl) if kl else 0.0,
             "max_kl": max(kl) if kl else 0.0,
+            "mean_dependency": sum(self.dependency) / len(self.dependency) if self.dependency else 0.0,
             "top_tokens": [{"position": i, "token": self.label(i), "kl": kl[i]} for i in order],
         }
 
@@ -694,6 +697,7 @@ class Comparison:
                 "raw_tokens": answer.raw_tokens,
                 "token_ids": answer.token_ids,
                 "kl": answer.kl,
+                "visual_dependency": answer.dependency,
                 **answer.summary(),
             }
         return json.loads(json.dumps(out))
@@ -801,7 +805,7 @@ def remask(models: Models, comparison: Comparison, mask_ratio: Any, mask_draw: A
 
 def _score(models: Models, prompt, picture: Image.Image, answers: dict[str, Answer], settings: Settings):
     """Fill each answer's per-token KL (hold models.lock); returns the masked image used for both."""
-    from papo.analysis import masked_copies, perception_kl_per_token
+    from papo.analysis import masked_copies, perception_per_token
     from papo.masking import MaskingConfig
 
     masking = MaskingConfig(mask_ratio=settings.mask_ratio)
@@ -809,7 +813,7 @@ def _score(models: Models, prompt, picture: Image.Image, answers: dict[str, Answ
     for side in SIDES:
         answer = answers[side]
         with models.policy(side) as model:
-            [kl] = perception_kl_per_token(
+            both = perception_per_token(
                 model,
                 models.processor,
                 [prompt],
@@ -818,8 +822,9 @@ def _score(models: Models, prompt, picture: Image.Image, answers: dict[str, Answ
                 masking=masking,
                 seed=settings.mask_seed,
             )
-        answer.kl = [float(v) for v in kl[: len(answer.token_ids)]]
-    # The exact copy perception_kl_per_token masked with (same prompt, images, config and seed).
+        answer.kl = [float(v) for v in both["perception_kl"][0][: len(answer.token_ids)]]
+        answer.dependency = [float(v) for v in both["visual_dependency"][0][: len(answer.token_ids)]]
+    # The exact copy perception_per_token masked with (same prompt, images, config and seed).
     [masked] = masked_copies(prompt, [picture], masking, settings.mask_seed, models.processor.image_processor)
     return masked
 

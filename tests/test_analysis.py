@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from papo.analysis import completion_logprobs, perception_kl_per_token
+from papo.analysis import completion_logprobs, perception_kl_per_token, perception_per_token
 from papo.generation import generate_completions
 from papo.masking import MaskingConfig
 from papo.modeling import load_vlm
@@ -104,3 +104,17 @@ def test_kl_direction_with_hand_set_distributions(monkeypatch):
     [k3] = analysis.perception_kl_per_token(None, processor, [[]], [["original"]], [[0]], estimator="k3")
     x = math.log(0.5 / 0.9)
     assert k3 == [pytest.approx(math.exp(x) - x - 1, abs=1e-6)]
+
+
+def test_visual_dependency_next_to_the_full_kl(setup):
+    """d_t (what VPPO/PGPO act on) is the k3 estimate on the answer's own tokens, from the same two forwards."""
+    model, processor, prompts, images, completions = setup
+    both = perception_per_token(model, processor, prompts, images, completions, seed=0)
+    assert both["perception_kl"] == perception_kl_per_token(
+        model, processor, prompts, images, completions, seed=0
+    )
+    k3 = perception_kl_per_token(model, processor, prompts, images, completions, seed=0, estimator="k3")
+    for d, ref in zip(both["visual_dependency"], k3, strict=True):
+        assert len(d) == len(ref)
+        torch.testing.assert_close(torch.tensor(d), torch.tensor(ref).clamp(0.0, 10.0))
+    assert any(v > 0 for row in both["visual_dependency"] for v in row)

@@ -22,7 +22,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from papo.analysis import perception_kl_per_token
+from papo.analysis import perception_per_token
 from papo.data.loading import PROMPT_SUFFIX, build_prompt, prepare_papo_dataset
 from papo.generation import generate_completions
 from papo.masking import MaskingConfig
@@ -41,6 +41,8 @@ PREDICTION_FEATURES = datasets.Features(
         "accuracy": datasets.Value("float64"),
         "tokens": datasets.List(datasets.List(datasets.Value("string"))),
         "perception_kl": datasets.List(datasets.List(datasets.Value("float32"))),
+        # d_t per token (papo.followups.visual_dependency): what VPPO gates and PGPO weights by
+        "visual_dependency": datasets.List(datasets.List(datasets.Value("float32"))),
     }
 )
 
@@ -109,13 +111,14 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         show_progress=True,
     )
     kls: list[list[float]] = [[] for _ in outputs]
+    dependencies: list[list[float]] = [[] for _ in outputs]
     if config.perception_kl:
-        kls = []
+        kls, dependencies = [], []
         starts = range(0, len(outputs), config.batch_size)
         for start in tqdm(starts, desc=f"Perception KL [{name}]", unit="batch"):
             chunk = slice(start, start + config.batch_size)
             rows = range(len(outputs))[chunk]
-            kls += perception_kl_per_token(
+            both = perception_per_token(
                 model,
                 processor,
                 [prompts[i // k] for i in rows],
@@ -125,6 +128,8 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
                 seed=config.seed,
                 estimator=config.kl_estimator,
             )
+            kls += both["perception_kl"]
+            dependencies += both["visual_dependency"]
 
     records = {key: [] for key in PREDICTION_FEATURES}
     first_images = [embedded_image(images[0]) for images in _undecoded_images(dataset)]
@@ -144,6 +149,7 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         records["accuracy"].append(sum(correct) / k)
         records["tokens"].append([processor.tokenizer.convert_ids_to_tokens(ids) for _, ids in samples])
         records["perception_kl"].append(kls[q * k : (q + 1) * k])
+        records["visual_dependency"].append(dependencies[q * k : (q + 1) * k])
     predictions = datasets.Dataset.from_dict(records, features=PREDICTION_FEATURES)
     all_kl = torch.tensor([v for sample in kls for v in sample]) if config.perception_kl else torch.tensor([])
     summary = {
@@ -156,6 +162,7 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         summary["perception_kl_mean"] = float(all_kl.mean())
         summary["perception_kl_share_above"] = float((all_kl > config.kl_threshold).float().mean())
         summary["perception_kl_threshold"] = config.kl_threshold
+        summary["visual_dependency_mean"] = float(torch.tensor([v for s in dependencies for v in s]).mean())
     return predictions, summary
 
 

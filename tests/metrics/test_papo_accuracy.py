@@ -74,6 +74,7 @@ def test_unknown_grader_is_rejected(metric):
         metric.compute(predictions=["\\boxed{1}"], references=["1"], grader="exact")
 
 
+@pytest.mark.slow
 def test_loads_offline_in_a_fresh_process(tmp_path):
     """HF_HUB_OFFLINE / HF_EVALUATE_OFFLINE, an empty HOME and HF_HOME; both the folder and the .py path."""
     home = tmp_path / "home"

@@ -292,6 +292,9 @@ def test_compare_gives_both_answers_with_aligned_kl_and_the_training_mask(models
             == len(answer["raw_tokens"])
         )
         assert all(v >= 0 for v in answer["kl"]) and max(answer["kl"]) > 0
+        # d_t next to the full-vocabulary KL, token for token (what VPPO / PGPO act on)
+        assert len(answer["visual_dependency"]) == len(answer["kl"])
+        assert all(0 <= v <= 10 for v in answer["visual_dependency"]) and answer["mean_dependency"] >= 0
         assert answer["correct"] is False  # the embedded models never write "Mar" in a box
         assert len(answer["top_tokens"]) == min(ps.TOP_K, len(answer["kl"]))
     # The adapter changes the model: on this off-task question the sampled tokens may coincide, the
