@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from papo.families import check_masked_layout, family_of
 from papo.generation import render_prompt
 from papo.loss import per_token_kl
 from papo.masking import MaskingConfig, mask_images, mask_seed, prompt_key
@@ -39,6 +40,14 @@ def masked_copies(
     return mask_images(list(images), config, mask_seed(seed, draw, key), image_processor)
 
 
+def processor_inputs(processor, prompts: Sequence[list[dict[str, Any]]], images: Sequence[Sequence]):
+    """The processor's batch for `prompts` (left-padded), images given per prompt (nested lists)."""
+    texts = [render_prompt(processor, prompt) for prompt in prompts]
+    nested = [list(row) for row in images]
+    has_images = any(nested)
+    return processor(text=texts, images=nested if has_images else None, padding=True, return_tensors="pt")
+
+
 @torch.no_grad()
 def completion_logprobs(
     model,
@@ -46,17 +55,15 @@ def completion_logprobs(
     prompts: Sequence[list[dict[str, Any]]],
     images: Sequence[Sequence],
     completions: Sequence[list[int]],
+    inputs=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities over the vocabulary at each completion position.
 
     Returns (logprobs (B, T, V) float32, mask (B, T)), T the longest completion; prompts left-padded
-    by the processor, completions right-padded.
+    by the processor, completions right-padded. `inputs`: the processor batch of (prompts, images) if
+    already made (`processor_inputs`).
     """
-    texts = [render_prompt(processor, prompt) for prompt in prompts]
-    flat_images = [image for row in images for image in row]
-    inputs = processor(text=texts, images=flat_images or None, padding=True, return_tensors="pt").to(
-        model.device
-    )
+    inputs = (processor_inputs(processor, prompts, images) if inputs is None else inputs).to(model.device)
     width = max(len(c) for c in completions)
     pad = processor.tokenizer.pad_token_id
     completion_ids = torch.tensor(
@@ -130,8 +137,12 @@ def _perception_batch(model, processor, prompts, images, completions, masking, s
         masked_copies(p, row, masking, seed, processor.image_processor)
         for p, row in zip(prompts, images, strict=True)
     ]
-    logp, mask = completion_logprobs(model, processor, prompts, images, completions)
-    logq, _ = completion_logprobs(model, processor, prompts, masked, completions)
+    # Same processor call on both: only the pixel values may differ (token ids, tiles, crops, masks equal).
+    original_inputs = processor_inputs(processor, prompts, images)
+    masked_inputs = processor_inputs(processor, prompts, masked)
+    check_masked_layout(original_inputs, masked_inputs, family_of(model).name)
+    logp, mask = completion_logprobs(model, processor, prompts, images, completions, inputs=original_inputs)
+    logq, _ = completion_logprobs(model, processor, prompts, masked, completions, inputs=masked_inputs)
     ids = torch.tensor([list(c) + [0] * (mask.size(1) - len(c)) for c in completions], device=logp.device)
     sampled_p = logp.gather(-1, ids[..., None]).squeeze(-1)
     sampled_q = logq.gather(-1, ids[..., None]).squeeze(-1)

@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     tiny = sub.add_parser("tiny-model", help="build a tiny random-weight VLM of a real architecture")
-    tiny.add_argument("--arch", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
+    tiny.add_argument("--arch", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl", "gemma3", "smolvlm"])
     tiny.add_argument("--output_dir", default=None, help="default: outputs/tiny-<arch>")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--overwrite", action="store_true")

@@ -53,9 +53,15 @@ def generate_completions(
             torch.manual_seed(seed)
         for start in tqdm(starts, desc="Generating", disable=not show_progress, unit="batch"):
             batch_prompts = prompts[start : start + batch_size]
-            batch_images = [image for row in images[start : start + batch_size] for image in row]
+            # Images nested per prompt: Gemma 3 / SmolVLM processors need to know which prompt each belongs to.
+            batch_images = [list(row) for row in images[start : start + batch_size]]
             texts = [render_prompt(processor, prompt) for prompt in batch_prompts]
-            inputs = processor(text=texts, images=batch_images or None, padding=True, return_tensors="pt")
+            inputs = processor(
+                text=texts,
+                images=batch_images if any(batch_images) else None,
+                padding=True,
+                return_tensors="pt",
+            )
             inputs = inputs.to(model.device)
             sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
             output = model.generate(

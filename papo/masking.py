@@ -212,26 +212,19 @@ def add_gaussian_noise(image: Image.Image, noise_std: float, rng: np.random.Gene
 # --- the model's patch grid -------------------------------------------------------------------------
 
 
-def _pixel_bounds(image_processor) -> tuple[int, int]:
-    """(min_pixels, max_pixels) of a Qwen2-VL-family image processor (`size` is a SizeDict or a dict)."""
-    size = image_processor.size
-    get = size.get if isinstance(size, dict) else lambda name: getattr(size, name, None)
-    min_pixels, max_pixels = get("shortest_edge"), get("longest_edge")
-    if not min_pixels or not max_pixels:
-        raise ValueError(
-            f"grid='model' needs an image_processor with size={{'shortest_edge', 'longest_edge'}} "
-            f"(a Qwen2VLImageProcessor), got size={size}"
-        )
-    return int(min_pixels), int(max_pixels)
-
-
 def model_size(height: int, width: int, image_processor) -> tuple[int, int]:
-    """(height, width) the processor resizes an (height, width) image to: transformers' `smart_resize`."""
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+    """(height, width) the processor resizes an (height, width) image to (`papo.families.model_grid`):
+    transformers' `smart_resize` for Qwen2-VL-family processors, the fixed square input for Gemma 3."""
+    from papo.families import model_grid
 
-    min_pixels, max_pixels = _pixel_bounds(image_processor)
-    factor = image_processor.patch_size * image_processor.merge_size
-    return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return model_grid(image_processor, height, width)[0]
+
+
+def model_patch_size(image_processor) -> int:
+    """The vision patch side, in resized pixels, that grid='model' blackens (`papo.families.model_grid`)."""
+    from papo.families import model_grid
+
+    return model_grid(image_processor, 64, 64)[1]
 
 
 def resize_like_processor(image: Image.Image, image_processor) -> Image.Image:
@@ -301,7 +294,7 @@ def mask_image(
         if image_processor is None:
             raise ValueError("grid='model' needs the model's image_processor to know its patch grid")
         pixels = np.asarray(resize_like_processor(image, image_processor))
-        patch_size = int(image_processor.patch_size)
+        patch_size = model_patch_size(image_processor)
     else:
         pixels = _rgb_pixels(image)
         patch_size = config.patch_size

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import torch
 
+from papo.families import FAMILIES, family_of, quantization_skip_modules
+
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -66,12 +68,14 @@ def load_vlm(
     return model.eval(), load_processor(name_or_path)
 
 
-# Kept out of 4-bit: the vision tower (small, and it overflows in fp16 on T4s) and the output head.
-QUANTIZATION_SKIP_MODULES = ["model.visual", "visual", "lm_head"]
+# Kept out of 4-bit: the vision tower and projector of every supported family (small, and they overflow
+# in fp16 on T4s) and the output head (`papo.families`).
+QUANTIZATION_SKIP_MODULES = quantization_skip_modules()
 # LoRA on the language model's projections only: the vision tower stays frozen (the default under
 # LoRA), and the vision MLP's gate/up/down_proj — same names as the LM's — are not caught.
-LANGUAGE_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-VISION_LORA_TARGETS = r".*visual\.blocks.*\.(qkv|proj|gate_proj|up_proj|down_proj)"
+# (Qwen's; other families' are in papo.families.FAMILIES, chosen by `lora_target_modules(family=...)`.)
+LANGUAGE_LORA_TARGETS = FAMILIES["qwen2_5_vl"].language_lora_targets
+VISION_LORA_TARGETS = FAMILIES["qwen2_5_vl"].vision_lora_targets
 
 
 def compute_dtype() -> torch.dtype:
@@ -127,6 +131,12 @@ def load_model_for_training(
     torch_dtype = DTYPES.get(dtype or "auto")
     if torch_dtype is None:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    from transformers import AutoConfig
+
+    with explain_missing(name_or_path):
+        family_of(
+            AutoConfig.from_pretrained(str(name_or_path), revision=revision)
+        )  # unsupported: one sentence
     quantization_config = four_bit_config() if load_in_4bit else None
     try:
         with explain_missing(name_or_path):
@@ -152,8 +162,22 @@ def load_model_for_training(
 
 
 def set_pixel_bounds(processor, min_pixels: int | None, max_pixels: int | None) -> None:
-    """Set the Qwen image processor's resize bounds (pixels), as the official `process_image` does."""
+    """Set the Qwen image processor's resize bounds (pixels), as the official `process_image` does.
+
+    Nothing to do when both are None. Other families have no pixel bounds (Gemma 3 always resizes to
+    its square input; SmolVLM to its longest edge): setting them there is an error that says so.
+    """
+    if min_pixels is None and max_pixels is None:
+        return
     current = processor.image_processor.size
+    get = current.get if isinstance(current, dict) else lambda name: getattr(current, name, None)
+    if not get("shortest_edge") or not get("longest_edge"):
+        raise ValueError(
+            f"min_pixels/max_pixels set the pixel bounds of Qwen2-VL-family image processors; "
+            f"{type(processor.image_processor).__name__} has none (size={dict(current) if isinstance(current, dict) else current}). "
+            "Leave min_pixels and max_pixels unset for this model (Gemma 3 resizes to its fixed square input, "
+            "SmolVLM to size.longest_edge in its processor config)."
+        )
     size = {"shortest_edge": current["shortest_edge"], "longest_edge": current["longest_edge"]}
     if min_pixels is not None:
         size["shortest_edge"] = min_pixels
@@ -166,8 +190,14 @@ def set_pixel_bounds(processor, min_pixels: int | None, max_pixels: int | None) 
     processor.image_processor.size = size
 
 
-def lora_target_modules(include_vision: bool = False) -> str:
-    """The LoRA target regex: the language model's projections, plus the vision blocks if asked."""
+def lora_target_modules(include_vision: bool = False, family=None) -> str:
+    """The LoRA target regex: the language model's projections, plus the vision blocks if asked.
+
+    `family`: a `papo.families.Family`, a config/model, or a model_type (default: Qwen's names).
+    """
+    family = FAMILIES["qwen2_5_vl"] if family is None else family
+    if not hasattr(family, "language_lora_targets"):
+        family = family_of(family)
     if include_vision:
-        return f"({LANGUAGE_LORA_TARGETS})|({VISION_LORA_TARGETS})"
-    return LANGUAGE_LORA_TARGETS
+        return f"({family.language_lora_targets})|({family.vision_lora_targets})"
+    return family.language_lora_targets

@@ -25,6 +25,9 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
 ARCHITECTURES = ("qwen2_5_vl", "qwen3_vl")
+# Non-Qwen families (papo.families), built by `papo.tiny_families`: Gemma 3 and SmolVLM2 (Idefics3-style).
+OTHER_ARCHITECTURES = ("gemma3", "smolvlm")
+ALL_ARCHITECTURES = ARCHITECTURES + OTHER_ARCHITECTURES
 
 # The special tokens of the Qwen2.5-VL / Qwen3-VL tokenizers, in their real order.
 QWEN_SPECIAL_TOKENS = [
@@ -265,6 +268,10 @@ def build_tiny_vlm(architecture: str = "qwen2_5_vl", seed: int = 0, spec: TinyVL
         Qwen3VLForConditionalGeneration,
     )
 
+    if architecture in OTHER_ARCHITECTURES:
+        from papo.tiny_families import build_tiny_family_vlm
+
+        return build_tiny_family_vlm(architecture, seed, spec)
     _check_architecture(architecture)
     spec = spec or TinyVLMSpec()
     processor = build_processor(architecture, spec)
@@ -331,7 +338,7 @@ def _chat_template(architecture: str) -> str:
 
 def _check_architecture(architecture: str) -> None:
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture={architecture!r} is not supported; choose one of {ARCHITECTURES}")
+        raise ValueError(f"architecture={architecture!r} is not supported; choose one of {ALL_ARCHITECTURES}")
 
 
 class _seeded:

@@ -200,15 +200,20 @@ def _flag_value(argv: list[str], name: str, default):
     return value
 
 
-def build_peft_config(model_args, script_args):
-    """TRL's LoRA config from ModelConfig, targeting the language model unless told otherwise."""
+def build_peft_config(model_args, script_args, model=None):
+    """TRL's LoRA config from ModelConfig, targeting the language model unless told otherwise.
+
+    `model`: the loaded model; its family (`papo.families`) decides the module names (Qwen's if None).
+    """
     from trl import get_peft_config
 
+    from papo.families import family_of
     from papo.modeling import lora_target_modules
 
     peft_config = get_peft_config(model_args)
     if peft_config is not None and model_args.lora_target_modules is None:
-        peft_config.target_modules = lora_target_modules(script_args.lora_vision_tower)
+        family = family_of(model) if model is not None else None
+        peft_config.target_modules = lora_target_modules(script_args.lora_vision_tower, family)
     return peft_config
 
 
@@ -295,7 +300,7 @@ def train(script_args, training_args, model_args):
         reward_funcs=make_reward_funcs(script_args.grader, script_args.format_pattern),
         args=training_args,
         train_dataset=train_dataset,
-        peft_config=build_peft_config(model_args, script_args),
+        peft_config=build_peft_config(model_args, script_args, model),
         callbacks=[JsonlMetricsCallback(Path(training_args.output_dir) / "metrics.jsonl")],
     )
     use_compact_progress(trainer)

@@ -51,8 +51,16 @@ import numpy as np
 import torch
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOConfig, GRPOTrainer
+from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
+from papo.families import (
+    check_masked_layout,
+    check_training_layout,
+    family_of,
+    image_forward_kwargs,
+    per_sample_pixel_values,
+)
 from papo.followups import (
     diffusion_alpha_bars,
     noise_step,
@@ -519,7 +527,7 @@ class PAPOTrainer(GRPOTrainer):
                     attention_mask,
                     output["completion_ids"].size(1),
                     batch_size=batch_size,
-                    **_image_kwargs(output, output["pixel_values"]),
+                    **image_forward_kwargs(output, output["pixel_values"]),
                 )
         output["visual_dependency"] = visual_dependency(
             old, output["masked_per_token_logps"], output["completion_mask"]
@@ -542,14 +550,10 @@ class PAPOTrainer(GRPOTrainer):
             if self.args.masking.per == "response":  # VPPO: one mask per rollout
                 key = response_key(key, first_row + i)
             seed = mask_seed(self.args.seed, draw, key)
-            masked_images += mask_images(
-                row_images, self.args.masking, seed, self.processing_class.image_processor
+            masked_images.append(
+                mask_images(row_images, self.args.masking, seed, self.processing_class.image_processor)
             )
-        masked = self.processing_class.image_processor(images=masked_images, return_tensors="pt")
-        check_same_grid(output["image_grid_thw"].cpu(), masked["image_grid_thw"])
-        masked_pixel_values = masked["pixel_values"].to(
-            output["pixel_values"].device, output["pixel_values"].dtype
-        )
+        masked_pixel_values = self._masked_pixel_values(inputs, images, masked_images, output)
 
         input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
@@ -563,17 +567,38 @@ class PAPOTrainer(GRPOTrainer):
                 attention_mask,
                 output["completion_ids"].size(1),
                 batch_size=batch_size,
-                **_image_kwargs(output, masked_pixel_values),
+                **image_forward_kwargs(output, masked_pixel_values),
             )
         output["masked_per_token_logps"] = masked_logps
         if self.args.recompute_masked_logps or self._dropout_active:
             # A list (one tensor per sample) so TRL's shuffle/split carries each sample's patches with its row.
-            lengths = output["image_grid_thw"].prod(-1)
-            per_image = list(torch.split(masked_pixel_values, lengths.tolist()))
-            bounds = torch.tensor([0, *output["num_images"]]).cumsum(0).tolist()
-            output["masked_pixel_values"] = [
-                torch.cat(per_image[bounds[i] : bounds[i + 1]]) for i in range(len(bounds) - 1)
-            ]
+            output["masked_pixel_values"] = per_sample_pixel_values(output, masked_pixel_values)
+
+    def _masked_pixel_values(self, inputs, images, masked_images, output) -> torch.Tensor:
+        """The masked images through the same processor call TRL made for the originals (same text, same
+        settings), checked to differ from the originals' only in pixel values (`papo.families`)."""
+        family = family_of(self.model.config if hasattr(self.model, "config") else self.model).name
+        check_training_layout(output, family)
+        texts = [
+            apply_chat_template(
+                {"prompt": prepare_multimodal_messages(row["prompt"], images=row_images)},
+                self.processing_class,
+                tools=self.tools or None,
+                **self.chat_template_kwargs,
+            )["prompt"]
+            for row, row_images in zip(inputs, images, strict=True)
+        ]
+        call = dict(text=texts, padding=True, return_tensors="pt")
+        original = self.processing_class(images=images, **call)
+        masked = self.processing_class(images=masked_images, **call)
+        check_masked_layout(original, masked, family)
+        if tuple(original["pixel_values"].shape) != tuple(output["pixel_values"].shape):
+            raise ValueError(
+                f"masked pass ({family}): re-processing the original images gave pixel_values of shape "
+                f"{tuple(original['pixel_values'].shape)}, TRL's generation batch has "
+                f"{tuple(output['pixel_values'].shape)}: the processor call differs from TRL's"
+            )
+        return masked["pixel_values"].to(output["pixel_values"].device, output["pixel_values"].dtype)
 
     def _dynamic_sampling(self, output: dict[str, Any]) -> dict[str, Any]:
         """DAPO's dynamic sampling with the official rules (EasyR1 ``_make_batch_data``, ``online_filtering``).
@@ -696,6 +721,12 @@ class PAPOTrainer(GRPOTrainer):
         its `generate` checks before sending; `sync_weights` / `_iter_named_params` record every
         weight sent and check the LoRA layers after each sync.
         """
+        family = family_of(self.model.config)
+        if not family.name.startswith("qwen"):
+            raise ValueError(
+                f"vllm_checks: the vLLM prompt checks know Qwen's image-token layout only, not {family.label}'s. "
+                "Set vllm_checks: false to run vLLM unchecked, or use_vllm: false (HF generation)."
+            )
         backend = self.vllm_generation
         generate, sync_weights, walk = backend.generate, backend.sync_weights, backend._iter_named_params
 
@@ -1060,7 +1091,7 @@ class PAPOTrainer(GRPOTrainer):
                 input_ids,
                 attention_mask,
                 inputs["completion_ids"].size(1),
-                **_image_kwargs(inputs, pixel_values),
+                **image_forward_kwargs(inputs, pixel_values),
             )
         return logps
 
@@ -1204,17 +1235,7 @@ def _row_images(row: dict[str, Any]) -> list:
     return [row["image"]] if row.get("image") is not None else []
 
 
-def _image_kwargs(batch: dict[str, Any], pixel_values: torch.Tensor) -> dict[str, Any]:
-    """The multimodal forward kwargs of `batch` with its pixel values replaced by `pixel_values`."""
-    kwargs = {
-        "pixel_values": pixel_values,
-        "image_grid_thw": batch["image_grid_thw"],
-        "num_images": batch["num_images"],
-    }
-    for key in ("mm_token_type_ids", "token_type_ids"):
-        if batch.get(key) is not None:
-            kwargs[key] = batch[key]
-    return kwargs
+_image_kwargs = image_forward_kwargs  # the old private name (tests/test_fidelity.py)
 
 
 # per-row tensors whose second dimension is the prompt (left-padded) rather than the completion

@@ -210,11 +210,10 @@ def ensure_embedded_models(cache_dir: Path, log=logger.info) -> tuple[Path, Path
 
 
 def _pixel_budget(image_processor) -> int | None:
-    """The processor's max_pixels (Qwen2-VL family: size.longest_edge), or None if it has none."""
-    size = getattr(image_processor, "size", None)
-    get = size.get if isinstance(size, dict) else lambda name: getattr(size, name, None)
-    value = get("longest_edge") or get("max_pixels") if size is not None else None
-    return int(value) if value else None
+    """About how many pixels the processor keeps (`papo.families.pixel_budget`), or None if unknown."""
+    from papo.families import pixel_budget
+
+    return pixel_budget(image_processor)
 
 
 class Models:
@@ -287,6 +286,7 @@ class Models:
         import torch
 
         from papo.evaluation.run import load_model_and_adapter
+        from papo.families import family_of
         from papo.modeling import set_pixel_bounds
 
         config = self.config
@@ -311,7 +311,10 @@ class Models:
             )
             if papo_model:
                 self.papo, _ = load_model_and_adapter(papo_model, dtype=config.dtype, device=device)
-        if config.embedded:  # the small embedded model keeps its own bounds unless told otherwise
+        family = family_of(self.model)  # an unsupported family: one sentence naming the supported ones
+        if config.embedded or not family.pixel_bounds:
+            # the small embedded model keeps its own bounds unless told otherwise; Gemma 3 / SmolVLM have
+            # none (PAPO_MIN_PIXELS / PAPO_MAX_PIXELS set for them are refused by set_pixel_bounds)
             set_pixel_bounds(self.processor, config.min_pixels, config.max_pixels)
         else:
             min_pixels, max_pixels = (
@@ -324,6 +327,7 @@ class Models:
             "papo": f"{base} + adapter {adapter}" if adapter else str(papo_model),
             "device": str(device),
             "embedded": str(config.embedded),
+            "family": family.label,
         }
 
     def _building(self, message: str) -> None:

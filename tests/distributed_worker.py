@@ -51,14 +51,11 @@ def _digest(*chunks: bytes) -> str:
     return h.hexdigest()
 
 
-def _per_row(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, num_images: list[int]) -> list[bytes]:
-    """Split flattened (patches, dim) pixel values into one byte string per row (rollout)."""
-    per_image = torch.split(pixel_values.detach().float().cpu(), image_grid_thw.prod(-1).tolist())
-    rows, start = [], 0
-    for count in num_images:
-        rows.append(b"".join(t.numpy().tobytes() for t in per_image[start : start + count]))
-        start += count
-    return rows
+def _per_row(batch: dict, pixel_values: torch.Tensor) -> list[bytes]:
+    """One byte string per row (rollout) of `pixel_values`, laid out like `batch`'s (any model family)."""
+    from papo.families import per_sample_pixel_values
+
+    return [p.detach().float().cpu().numpy().tobytes() for p in per_sample_pixel_values(batch, pixel_values)]
 
 
 _add_masked_logps = papo.trainer.PAPOTrainer._add_masked_logps
@@ -85,9 +82,8 @@ def recording_add_masked_logps(self, inputs, output):
         wrapped=type(self.model_wrapped).__name__,
         zero_stage=plugin.zero_stage if plugin is not None else None,
     )
-    grid, num_images = output["image_grid_thw"], output["num_images"]
-    original_rows = _per_row(output["pixel_values"], grid, num_images)
-    masked_rows = _per_row(masked, grid, num_images)
+    original_rows = _per_row(output, output["pixel_values"])
+    masked_rows = _per_row(output, masked)
     for row, original, masked_bytes in zip(inputs, original_rows, masked_rows, strict=True):
         images = row.get("images") or [row["image"]]
         prompt = _digest(json.dumps(row["prompt"], default=str).encode(), *(im.tobytes() for im in images))
@@ -106,7 +102,7 @@ _dynamic_sampling = papo.trainer.PAPOTrainer._dynamic_sampling
 
 def recording_dynamic_sampling(self, output):
     result = _dynamic_sampling(self, output)
-    per_row = _per_row(result["pixel_values"], result["image_grid_thw"], result["num_images"])
+    per_row = _per_row(result, result["pixel_values"])
     for ids, mask, pixels in zip(result["prompt_ids"], result["prompt_mask"], per_row, strict=True):
         kept_rows.append(
             {"step": self.state.global_step, "row": _digest(ids[mask.bool()].numpy().tobytes(), pixels)}

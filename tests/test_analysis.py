@@ -95,10 +95,13 @@ def test_kl_direction_with_hand_set_distributions(monkeypatch):
     q = torch.tensor([0.5, 0.5]).log().view(1, 1, 2)
     monkeypatch.setattr(analysis, "masked_copies", lambda prompt, row, *a, **k: ["masked"] * len(row))
 
-    def logprobs(model, processor, prompts, images, completions):
+    def logprobs(model, processor, prompts, images, completions, inputs=None):
         return (q if images[0][0] == "masked" else p), torch.ones(1, 1, dtype=torch.long)
 
     monkeypatch.setattr(analysis, "completion_logprobs", logprobs)
+    # no real processor or model here: the batch is a stand-in and the layout check trivially passes
+    monkeypatch.setattr(analysis, "processor_inputs", lambda processor, prompts, images: {})
+    monkeypatch.setattr(analysis, "family_of", lambda model: SimpleNamespace(name="qwen2_5_vl"))
     processor = SimpleNamespace(image_processor=None)
     [full] = analysis.perception_kl_per_token(None, processor, [[]], [["original"]], [[0]])
     assert full == [pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2), abs=1e-6)]

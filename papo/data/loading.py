@@ -271,8 +271,29 @@ def prompt_token_count(processor, prompt: list[dict[str, Any]], image_sizes: lis
     text_tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
     if not image_sizes:
         return text_tokens
-    per_image = processor._get_num_multimodal_tokens(image_sizes=image_sizes)["num_image_tokens"]
+    if hasattr(processor, "_get_num_multimodal_tokens") and hasattr(processor.image_processor, "merge_size"):
+        per_image = processor._get_num_multimodal_tokens(image_sizes=image_sizes)["num_image_tokens"]
+    else:  # Gemma 3, SmolVLM/Idefics3: what the processor really expands each placeholder to
+        per_image = [_expanded_image_tokens(processor, size) for size in image_sizes]
     return text_tokens + sum(n - 1 for n in per_image)  # each placeholder token becomes n tokens
+
+
+def _expanded_image_tokens(processor, size: tuple[int, int]) -> int:
+    """Tokens one image placeholder of an image of `size` (height, width) becomes, from the processor itself.
+
+    Runs the processor once per distinct size on a black image (cached on the processor): exact for
+    processors whose expansion depends on the size (SmolVLM's tiles) and for fixed ones (Gemma 3's
+    boi + 256 soft tokens + eoi and the newlines around them).
+    """
+    from PIL import Image
+
+    cache = processor.__dict__.setdefault("_papo_image_token_counts", {})
+    if size not in cache:
+        placeholder = processor.image_token
+        image = Image.new("RGB", (int(size[1]), int(size[0])))
+        expanded = len(processor(text=[placeholder], images=[[image]])["input_ids"][0])
+        cache[size] = expanded - len(processor.tokenizer(placeholder)["input_ids"]) + 1
+    return cache[size]
 
 
 def filter_long_prompts(
