@@ -14,7 +14,6 @@ with each prediction and what the Space colours tokens by.
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -24,20 +23,7 @@ import torch
 from papo.families import check_masked_layout, family_of
 from papo.generation import render_prompt
 from papo.loss import per_token_kl
-from papo.masking import MaskingConfig, mask_images, mask_seed, prompt_key
-
-
-def masked_copies(
-    prompt: list[dict[str, Any]],
-    images: Sequence,
-    config: MaskingConfig,
-    seed: int,
-    image_processor,
-    draw: int = 0,
-) -> list:
-    """The masked images for one prompt, seeded like training (trainer seed, draw, prompt content)."""
-    key = prompt_key(list(images), json.dumps(prompt, default=str))
-    return mask_images(list(images), config, mask_seed(seed, draw, key), image_processor)
+from papo.masking import MaskingConfig, masked_copies
 
 
 def processor_inputs(processor, prompts: Sequence[list[dict[str, Any]]], images: Sequence[Sequence]):

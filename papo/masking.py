@@ -39,11 +39,12 @@ white), so the untouched parts of a masked image are exactly what the processor 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -309,6 +310,30 @@ def mask_images(
     """Masked copies of one prompt's images: one numpy Generator from `seed`, used on the images in order."""
     rng = np.random.default_rng(seed)
     return [mask_image(image, config, rng, image_processor) for image in images]
+
+
+def masked_copies(
+    prompt: Any,
+    images: Sequence[Image.Image],
+    config: MaskingConfig,
+    base_seed: int,
+    image_processor=None,
+    draw: int = 0,
+    row: int | None = None,
+) -> list[Image.Image]:
+    """The masked copies of one prompt's images, seeded as in training: the one place a mask is drawn.
+
+    seed = `mask_seed`(base_seed, draw, `prompt_key`(images, JSON of the prompt)); with ``config.per ==
+    "response"`` (VPPO) the key also carries the response's global `row` (`response_key`). The trainer
+    (draw = the step), eval and the Space (draw 0 by default) all call this, so a prompt gets the same
+    mask wherever it is drawn with the same seed and draw.
+    """
+    key = prompt_key(list(images), json.dumps(prompt, default=str))
+    if config.per == "response":
+        if row is None:
+            raise ValueError('masked_copies: mask granularity "response" needs the row index (row=...)')
+        key = response_key(key, row)
+    return mask_images(list(images), config, mask_seed(base_seed, draw, key), image_processor)
 
 
 def blackened_fraction(original: Image.Image, masked: Image.Image, patch_size: int = 14) -> float:

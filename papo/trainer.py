@@ -79,10 +79,9 @@ from papo.masking import (
     MaskingConfig,
     check_same_grid,
     diffusion_noise,
-    mask_images,
     mask_seed,
+    masked_copies,
     prompt_key,
-    response_key,
 )
 from papo.vllm_check import (
     SyncRecord,
@@ -546,12 +545,16 @@ class PAPOTrainer(GRPOTrainer):
         masked_images = []
         first_row = self.accelerator.process_index * len(inputs)  # global row index of this rank's first row
         for i, (row, row_images) in enumerate(zip(inputs, images, strict=True)):
-            key = prompt_key(row_images, json.dumps(row["prompt"], default=str))
-            if self.args.masking.per == "response":  # VPPO: one mask per rollout
-                key = response_key(key, first_row + i)
-            seed = mask_seed(self.args.seed, draw, key)
-            masked_images.append(
-                mask_images(row_images, self.args.masking, seed, self.processing_class.image_processor)
+            masked_images.append(  # per "response" (VPPO) the global row index is in the seed too
+                masked_copies(
+                    row["prompt"],
+                    row_images,
+                    self.args.masking,
+                    self.args.seed,
+                    self.processing_class.image_processor,
+                    draw=draw,
+                    row=first_row + i,
+                )
             )
         masked_pixel_values = self._masked_pixel_values(inputs, images, masked_images, output)
 

@@ -768,8 +768,8 @@ def remask(models: Models, comparison: Comparison, mask_ratio: Any, mask_draw: A
 
 def _score(models: Models, prompt, picture: Image.Image, answers: dict[str, Answer], settings: Settings):
     """Fill each answer's per-token KL (hold models.lock); returns the masked image used for both."""
-    from papo.analysis import masked_copies, perception_per_token
-    from papo.masking import MaskingConfig
+    from papo.analysis import perception_per_token
+    from papo.masking import MaskingConfig, masked_copies
 
     masking = MaskingConfig(mask_ratio=settings.mask_ratio)
     eos = models.processor.tokenizer.eos_token_id

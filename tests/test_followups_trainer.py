@@ -247,14 +247,16 @@ def test_vppo_score_range_is_per_mini_batch(setup, train_dataset):
 
 
 def test_mask_per_response_draws_one_mask_per_rollout(setup, train_dataset, monkeypatch):
+    import papo.masking
+
     seeds = []
-    original = trainer_module.mask_images
+    original = papo.masking.mask_images
 
     def recording(images, config, seed, image_processor=None):
         seeds.append(seed)
         return original(images, config, seed, image_processor)
 
-    monkeypatch.setattr(trainer_module, "mask_images", recording)
+    monkeypatch.setattr(papo.masking, "mask_images", recording)  # what masked_copies draws with
     trainer = _variant(setup, vppo_token_gating=True, mask_per="response", mask_ratio=0.5)
     trainer.model.train()
     trainer._generate_and_score_completions(_rows(train_dataset))

@@ -267,8 +267,7 @@ def test_settings_are_checked(kwargs, message):
 
 
 def test_compare_gives_both_answers_with_aligned_kl_and_the_training_mask(models, example_image):
-    from papo.analysis import masked_copies
-    from papo.masking import MaskingConfig
+    from papo.masking import MaskingConfig, masked_copies
 
     result = ps.compare(models, example_image, "Which month is highest?", "Mar", 3, 1.0, MAX_NEW_TOKENS, 0.6)
     data = result.to_json()
