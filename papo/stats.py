@@ -108,7 +108,8 @@ class PairedComparison:
     ci_low: float
     ci_high: float
     confidence: float
-    p_value: float  # paired t-test, two-sided
+    p_value: float  # two-sided, of `test`
+    test: str = "paired t-test"  # what p_value comes from (per-question comparisons: McNemar's exact test)
 
     @property
     def ci_excludes_zero(self) -> bool:
@@ -116,7 +117,7 @@ class PairedComparison:
 
     @property
     def significant(self) -> bool:
-        """True when the CI excludes 0 *and* the paired t-test agrees (p < 1 - confidence).
+        """True when the CI excludes 0 *and* the test agrees (p < 1 - confidence).
 
         With few pairs (5 seeds) the percentile bootstrap is too narrow; requiring the t-test too keeps a
         "gain" from resting on that optimism alone. Without a p-value (no spread) the CI decides.
@@ -135,7 +136,7 @@ class PairedComparison:
             return f"inside the noise ({self.confidence:.0%} CI contains 0)"
         if not self.significant:
             return (
-                f"not established (the bootstrap CI excludes 0 but the paired t-test gives p = {self.p_value:.3f} "
+                f"not established (the bootstrap CI excludes 0 but the {self.test} gives p = {self.p_value:.3f} "
                 f"over {self.n} pairs)"
             )
         return f"{'gain' if self.mean_diff > 0 else 'loss'} outside the noise ({self.confidence:.0%} CI excludes 0)"
@@ -298,13 +299,9 @@ def compare_benchmarks(
 
 
 def _comparison_row(n: int, mean: float, low: float, high: float, p: float, confidence: float) -> dict:
-    inside = low <= 0 <= high
-    if n < 2:
-        verdict = "one question only: no estimate of the noise"
-    elif inside:
-        verdict = "inside the noise"
-    else:
-        verdict = "gain" if mean > 0 else "loss"
+    """A per-question comparison's row, judged by the one rule (`PairedComparison`): outside the noise only
+    when the bootstrap CI excludes 0 and McNemar's test agrees."""
+    judged = PairedComparison(n, math.nan, math.nan, mean, low, high, confidence, p, test="McNemar test")
     return {
         "n": n,
         "diff": 100 * mean,
@@ -312,8 +309,8 @@ def _comparison_row(n: int, mean: float, low: float, high: float, p: float, conf
         "ci_high": 100 * high,
         "confidence": confidence,
         "mcnemar_p": p,
-        "significant": not inside and n >= 2,
-        "verdict": verdict,
+        "significant": judged.significant and n >= 2,
+        "verdict": judged.verdict(),
     }
 
 

@@ -122,7 +122,11 @@ def test_compare_benchmarks_on_a_hand_made_case():
     assert x["mcnemar_p"] == pytest.approx(stats.binomtest(6, 7, 0.5).pvalue)
     _, low, high = paired_bootstrap_ci(acc(base_x), acc(cand_x), n_resamples=2000, seed=0)
     assert (x["ci_low"], x["ci_high"]) == pytest.approx((100 * low, 100 * high))
-    assert (y["diff"], y["mcnemar_p"], y["verdict"]) == (0.0, 1.0, "inside the noise")
+    assert (y["diff"], y["mcnemar_p"]) == (0.0, 1.0) and y["verdict"].startswith("inside the noise")
+    # X: the CI excludes 0 but McNemar's p = 0.125: the one rule (papo.stats.PairedComparison) says not
+    # established, as it does for the seed comparisons
+    assert x["ci_low"] > 0 and not x["significant"]
+    assert x["verdict"].startswith("not established") and "McNemar test gives p = 0.125" in x["verdict"]
     q = stats.false_discovery_control([x["mcnemar_p"], 1.0], method="bh")
     assert [x["q_value"], y["q_value"]] == pytest.approx(list(q))
     overall = result["overall"]
