@@ -22,7 +22,7 @@ from papo.data.synthetic import make_synthetic_dataset
 
 
 def check(model_path: str, data_seed: int, num_test: int, samples: int, tasks: list[str] | None) -> dict:
-    from papo.evaluation.run import load_model_and_adapter
+    from papo.modeling import load_model_and_adapter
 
     rows = make_synthetic_dataset(num_train=1, num_test=num_test, seed=data_seed, tasks=tasks)["test"]
     model, processor = load_model_and_adapter(model_path, None, dtype="float32")

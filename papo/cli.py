@@ -104,6 +104,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         compare=args.compare,
         dtype=args.dtype,
         device=args.device,
+        vision_dtype=args.vision_dtype,
         benchmarks=args.benchmarks.split(",") if args.benchmarks else None,
         cache_dir=args.cache_dir,
         seed_runs=args.seed_runs,
@@ -265,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail_on_invalid", dest="skip_invalid", action="store_false", help="= --skip_invalid false"
     )
     ev.add_argument("--dtype", default="auto")
+    ev.add_argument(
+        "--vision_dtype",
+        default=None,
+        choices=["auto", "float32"],
+        help="float32: vision tower in fp32, outside fp16 autocast (T4 + fp16); default: the model's dtype",
+    )
     ev.add_argument("--device", default=None)
     ev.add_argument("--embedded_dir", default=str(DEFAULT_OUTPUT))
     ev.set_defaults(func=_cmd_eval)

@@ -115,6 +115,74 @@ def keep_4bit_weights_unpacked_on_cpu(model) -> int:
     return changed
 
 
+VISION_DTYPES = ("auto", "float32")
+
+
+def keep_vision_in_fp32(model) -> list[str]:
+    """Vision tower and projector weights in fp32, their forward outside autocast; returns the modules.
+
+    On a T4 (fp16, no bf16) Qwen2.5-VL's vision MLPs overflow (activations above 65,504: inf, then NaN
+    logits). fp32 weights alone would not help: fp16 autocast would run their matmuls in fp16 again. The
+    modules are the family's non-quantised vision side (`papo.families`, also kept out of 4-bit); frozen
+    under LoRA, so the cost is memory only (~1.3 GB for Qwen2.5-VL-3B's 670 M vision parameters).
+    """
+    kept = []
+    for prefix in family_of(model).quantization_skip_modules:
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            continue
+        module.float()
+        forward = module.forward
+
+        def forward_fp32(*args, _forward=forward, _module=module, **kwargs):
+            device = next(_module.parameters()).device.type
+            with torch.autocast(device, enabled=False):
+                return _forward(*args, **kwargs)
+
+        module.forward = forward_fp32
+        kept.append(prefix)
+    return kept
+
+
+def _check_vision_dtype(vision_dtype: str | None) -> None:
+    if vision_dtype not in (None, *VISION_DTYPES):
+        raise ValueError(
+            f"vision_dtype={vision_dtype!r}: use float32 (vision tower in fp32, e.g. under fp16 on a T4) or "
+            "auto (the model's dtype)"
+        )
+
+
+def load_model_and_adapter(
+    model_id: str | os.PathLike,
+    adapter: str | os.PathLike | None = None,
+    *,
+    dtype: str = "auto",
+    device: str | None = None,
+    load_in_4bit: bool = False,
+    vision_dtype: str | None = None,
+):
+    """(model, processor) for inference: a base model (Hub id or path), optionally in 4-bit NF4 (QLoRA's
+    config, vision side unquantised), plus an optional PEFT adapter; eval mode. The one loader of eval,
+    the Space, the notebooks and the benchmarks. Offline with no cached copy: a message naming ``hf download``.
+    """
+    _check_vision_dtype(vision_dtype)
+    if load_in_4bit:
+        model, processor = load_vlm(
+            model_id, dtype=dtype, quantization_config=four_bit_config(), device_map=device
+        )
+    else:
+        model, processor = load_vlm(model_id, dtype=dtype, device=device)
+    if vision_dtype == "float32":
+        keep_vision_in_fp32(model)
+    if adapter is not None:
+        from peft import PeftModel
+
+        with explain_missing(adapter):
+            model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    return model, processor
+
+
 def load_model_for_training(
     name_or_path: str | os.PathLike,
     *,
@@ -124,8 +192,11 @@ def load_model_for_training(
     attn_implementation: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    vision_dtype: str | None = None,
 ):
-    """(policy model, processor) for training, optionally in 4-bit for QLoRA."""
+    """(policy model, processor) for training, optionally in 4-bit for QLoRA; ``vision_dtype="float32"``
+    keeps the vision side in fp32 (`keep_vision_in_fp32`)."""
+    _check_vision_dtype(vision_dtype)
     from transformers import AutoModelForImageTextToText
 
     torch_dtype = DTYPES.get(dtype or "auto")
@@ -156,6 +227,8 @@ def load_model_for_training(
         ) from err
     if load_in_4bit and not torch.cuda.is_available():
         keep_4bit_weights_unpacked_on_cpu(model)
+    if vision_dtype == "float32":
+        keep_vision_in_fp32(model)
     processor = load_processor(name_or_path, revision=revision)
     set_pixel_bounds(processor, min_pixels, max_pixels)
     return model, processor

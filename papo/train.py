@@ -59,6 +59,13 @@ class PAPOScriptArguments:
     max_pixels: int | None = field(
         default=None, metadata={"help": "image processor upper bound (official 1003520)."}
     )
+    vision_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "float32: keep the vision tower and projector in fp32, outside fp16 autocast (a T4 with "
+            "fp16: Qwen2.5-VL's vision MLPs overflow); default: the model's dtype."
+        },
+    )
     embedded_dir: str = field(
         default="outputs", metadata={"help": "where the embedded model / synthetic data are built if absent."}
     )
@@ -283,6 +290,7 @@ def train(script_args, training_args, model_args):
         attn_implementation=model_args.attn_implementation,
         min_pixels=script_args.min_pixels,
         max_pixels=script_args.max_pixels,
+        vision_dtype=script_args.vision_dtype,
     )
     if script_args.max_prompt_length is not None:
         train_dataset, report = filter_long_prompts(

@@ -285,9 +285,8 @@ class Models:
     def _load(self) -> None:
         import torch
 
-        from papo.evaluation.run import load_model_and_adapter
         from papo.families import family_of
-        from papo.modeling import set_pixel_bounds
+        from papo.modeling import load_model_and_adapter, set_pixel_bounds
 
         config = self.config
         base, adapter, papo_model = config.base_model, config.adapter, config.papo_model
@@ -301,16 +300,10 @@ class Models:
         )
         self.message = f"Loading {base} + {adapter or papo_model} on {device} ..."
         logger.info(self.message)
-        if config.load_in_4bit:
-            self.model, self.processor = _load_4bit(base, adapter, config.dtype, device)
-            if papo_model:
-                self.papo, _ = _load_4bit(papo_model, None, config.dtype, device)
-        else:
-            self.model, self.processor = load_model_and_adapter(
-                base, adapter, dtype=config.dtype, device=device
-            )
-            if papo_model:
-                self.papo, _ = load_model_and_adapter(papo_model, dtype=config.dtype, device=device)
+        load = {"dtype": config.dtype, "device": device, "load_in_4bit": config.load_in_4bit}
+        self.model, self.processor = load_model_and_adapter(base, adapter, **load)
+        if papo_model:
+            self.papo, _ = load_model_and_adapter(papo_model, **load)
         family = family_of(self.model)  # an unsupported family: one sentence naming the supported ones
         if config.embedded or not family.pixel_bounds:
             # the small embedded model keeps its own bounds unless told otherwise; Gemma 3 / SmolVLM have
@@ -373,21 +366,6 @@ def _adapter_base_model(adapter: str) -> str:
     if not base:
         raise ValueError(f"adapter {adapter!r} does not name its base model: set PAPO_BASE_MODEL")
     return base
-
-
-def _load_4bit(model_id: str, adapter: str | None, dtype: str, device: str):
-    """4-bit NF4 (QLoRA's config) base model, plus the adapter; `load_model_and_adapter` has no quantisation."""
-    from papo.modeling import explain_missing, four_bit_config, load_vlm
-
-    model, processor = load_vlm(
-        model_id, dtype=dtype, quantization_config=four_bit_config(), device_map=device
-    )
-    if adapter is not None:
-        from peft import PeftModel
-
-        with explain_missing(adapter):
-            model = PeftModel.from_pretrained(model, adapter).eval()
-    return model, processor
 
 
 # --- input checks ------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def test_the_warm_start_ships_and_loads_as_float32():
 
 
 def test_the_shipped_papo_adapter_changes_the_warm_start():
-    from papo.evaluation.run import load_model_and_adapter
+    from papo.modeling import load_model_and_adapter
 
     model, processor = load_model_and_adapter(
         str(embedded.WARM_START_ASSET), str(embedded.shipped_papo_adapter())

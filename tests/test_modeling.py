@@ -128,3 +128,30 @@ def test_missing_hub_id_offline_names_the_repo_and_hf_download():
         load_vlm("nobody/missing-vlm")
     with pytest.raises(ValueError, match="hf download nobody/missing-vlm"):
         load_model_for_training("nobody/missing-vlm")
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
+def test_vision_dtype_float32_keeps_the_vision_side_in_fp32_under_autocast(arch, tiny_model_dirs):
+    from papo.data.loading import IMAGE_PLACEHOLDER, build_prompt
+    from papo.modeling import load_model_and_adapter
+
+    model, processor = load_model_and_adapter(tiny_model_dirs[arch], dtype="bfloat16", vision_dtype="float32")
+    visual = model.model.visual
+    assert all(p.dtype == torch.float32 for p in visual.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in model.model.language_model.parameters())
+    seen = []
+    inner = visual.blocks[0]  # runs inside the vision tower's forward
+    inner.register_forward_hook(
+        lambda m, args, out: seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+    )
+    text = processor.apply_chat_template(
+        build_prompt(IMAGE_PLACEHOLDER + "What?"), add_generation_prompt=True
+    )
+    batch = processor(text=[text], images=[Image.new("RGB", (56, 56), (200, 10, 10))], return_tensors="pt")
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        logits = model(**batch).logits
+    assert seen == [(False, torch.float32)] and torch.isfinite(logits).all()  # outside autocast, in fp32
+    plain, _ = load_model_and_adapter(tiny_model_dirs[arch], dtype="bfloat16")
+    assert next(plain.model.visual.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="vision_dtype='float16'"):
+        load_model_and_adapter(tiny_model_dirs[arch], vision_dtype="float16")

@@ -285,8 +285,8 @@ def evaluate_checkpoint(
     if cache.exists():
         return json.loads(cache.read_text())
     from benchmarks.mini_repro.evaluate import evaluate_policy
-    from papo.evaluation.run import load_model_and_adapter
     from papo.files import write_text_atomically
+    from papo.modeling import load_model_and_adapter
 
     model, processor = load_model_and_adapter(
         str(warm_start), str(adapter) if adapter else None, dtype="float32"
@@ -542,8 +542,9 @@ def pick_space_examples(
     """
     from papo.data.loading import IMAGE_PLACEHOLDER
     from papo.data.synthetic import VISION_DEPENDENCY, synthetic_row
-    from papo.evaluation.run import eval_prompt, load_model_and_adapter
+    from papo.evaluation.run import eval_prompt
     from papo.generation import generate_completions
+    from papo.modeling import load_model_and_adapter
     from papo.rewards import extract_boxed_answer
 
     model, processor = load_model_and_adapter(str(warm_start), str(adapter), dtype="float32")

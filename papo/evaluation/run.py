@@ -24,6 +24,7 @@ from papo.analysis import perception_per_token, token_pieces
 from papo.data.loading import PROMPT_SUFFIX, build_prompt, prepare_papo_dataset
 from papo.generation import generate_completions
 from papo.masking import MaskingConfig
+from papo.modeling import load_model_and_adapter
 from papo.rewards import extract_boxed_answer, grade
 
 PREDICTION_FEATURES = datasets.Features(
@@ -217,21 +218,6 @@ def protocol(config: EvalConfig) -> dict[str, Any]:
     return {**asdict(config), "metric": f"accuracy (avg@{config.samples_per_question})"}
 
 
-def load_model_and_adapter(
-    model_id: str, adapter: str | None = None, *, dtype: str = "auto", device: str | None = None
-):
-    """Base model (+ PEFT adapter), Hub ids or paths. Offline with no cached copy: a clear message."""
-    from papo.modeling import explain_missing, load_vlm
-
-    model, processor = load_vlm(model_id, dtype=dtype, device=device)
-    if adapter is not None:
-        from peft import PeftModel
-
-        with explain_missing(adapter):
-            model = PeftModel.from_pretrained(model, adapter).eval()
-    return model, processor
-
-
 def run_eval(
     model_id: str,
     sources: list[str],
@@ -245,6 +231,7 @@ def run_eval(
     compare: str | os.PathLike | None = None,
     dtype: str = "auto",
     device: str | None = None,
+    vision_dtype: str | None = None,
     benchmarks: list[str] | None = None,
     cache_dir: str | os.PathLike | None = None,
     seed_runs: list[str | os.PathLike] | None = None,
@@ -270,7 +257,9 @@ def run_eval(
             source, split, image_dir, benchmarks=benchmarks, cache_dir=cache_dir
         )
     ]
-    model, processor = load_model_and_adapter(model_id, adapter, dtype=dtype, device=device)
+    model, processor = load_model_and_adapter(
+        model_id, adapter, dtype=dtype, device=device, vision_dtype=vision_dtype
+    )
     label = label or Path(str(adapter or model_id).rstrip("/")).name
     summaries: dict[str, dict[str, Any]] = {}
     for name, dataset, hub_dataset in eval_sets:

@@ -11,6 +11,7 @@ from papo.cli import main
 from papo.data.loading import PROMPT_SUFFIX
 from papo.evaluation.data import is_sharegpt_source, load_eval_set, load_sharegpt_eval
 from papo.evaluation.run import EvalConfig, eval_prompt, run_eval
+from papo.modeling import load_model_and_adapter
 
 # (question, reference) of the fixture, and the k=2 scripted answers per question
 FIXTURE = [
@@ -109,7 +110,7 @@ def test_cli_eval_on_the_synthetic_split_and_a_comparison(tmp_path, capsys):
 
 def test_offline_missing_model_names_hf_download(tmp_path):
     with pytest.raises(ValueError, match="hf download nobody/no-such-model"):
-        run_module.load_model_and_adapter("nobody/no-such-model")
+        load_model_and_adapter("nobody/no-such-model")
 
 
 def test_bad_eval_config_names_the_field():
@@ -119,4 +120,4 @@ def test_bad_eval_config_names_the_field():
 
 def test_offline_missing_adapter_names_hf_download(tiny_model_dirs):
     with pytest.raises(ValueError, match="hf download nobody/no-such-adapter"):
-        run_module.load_model_and_adapter(tiny_model_dirs["qwen2_5_vl"], "nobody/no-such-adapter")
+        load_model_and_adapter(tiny_model_dirs["qwen2_5_vl"], "nobody/no-such-adapter")

@@ -56,7 +56,7 @@ TINY_TRAINING = {
     "MAX_COMPLETION_LENGTH": 16,
     "MIN_PIXELS": 1024,  # the tiny model's own bounds: the synthetic images stay 64 px
     "MAX_PIXELS": 16384,
-    "VISION_FP32": True,  # the T4 glue runs too (a no-op cast in fp32, but its autocast wrapper is used)
+    "VISION_FP32": True,  # --vision_dtype float32 runs too (a no-op cast in fp32, but its autocast wrapper is used)
     "PUSH_TO_HUB": False,
 }
 

@@ -300,8 +300,9 @@ def test_compare_gives_both_answers_with_aligned_kl_and_the_training_mask(models
 
 def test_baseline_is_the_base_model_without_the_adapter(models, example_image):
     from papo import embedded
-    from papo.evaluation.run import eval_prompt, load_model_and_adapter
+    from papo.evaluation.run import eval_prompt
     from papo.generation import generate_completions
+    from papo.modeling import load_model_and_adapter
 
     result = ps.compare(models, example_image, "What is shown?", None, 5, 0.0, MAX_NEW_TOKENS, 0.6)
     assert models.names["baseline"] == str(embedded.WARM_START_ASSET)  # the embedded default
