@@ -303,8 +303,7 @@ def build_demo(models: Models, examples: list[Example] | None = None) -> gr.Bloc
                     gr.Examples(
                         examples=[[e.image, e.question, e.reference] for e in examples],
                         inputs=[image, question, reference],
-                        label="Examples (click one): held-out handwritten-digit questions (the first ones: the two models "
-                        "answer differently), then three drawn figures",
+                        label=examples_label(examples),
                         examples_per_page=len(examples),
                         visible_columns=[0],  # a gallery of thumbnails; a click fills all three inputs
                         cache_examples=False,
@@ -374,10 +373,30 @@ def build_demo(models: Models, examples: list[Example] | None = None) -> gr.Bloc
     return demo
 
 
+def examples_label(examples: list[Example]) -> str:
+    """The gallery's caption, by where its examples come from (`Example.source`)."""
+    sources = {e.source.split(":")[0] for e in examples}
+    if sources == {"eval"}:
+        return (
+            "Examples (click one): evaluation questions on which the two models' answers differed most "
+            "(from the published eval predictions)"
+        )
+    if sources == {"bundled"}:
+        return "Examples (click one): three drawn figures"
+    return (
+        "Examples (click one): held-out handwritten-digit questions (the first ones: the two models "
+        "answer differently), then three drawn figures"
+    )
+
+
 def launch_kwargs(config: SpaceConfig) -> dict:
     return {
         "max_file_size": f"{config.max_file_mb}mb",
-        "allowed_paths": [str(config.cache_dir / "examples")],
+        # the gallery's images: drawn into the cache, or shipped next to the app by `papo push space`
+        "allowed_paths": [
+            str(config.cache_dir / "examples"),
+            str(Path(__file__).resolve().parent / "examples"),
+        ],
         "show_error": True,
         "state_session_capacity": STATE_SESSIONS,
     }
