@@ -103,14 +103,15 @@ class SpaceModels:
 
 
 def resolve_space_models(
-    base_model: str | None, adapter: str | None, *, token: str | None = None, check: bool = True
+    base_model: str | None, adapter: str | None, *, token: str | None = None
 ) -> SpaceModels:
     """The Space's models, checked before anything is pushed.
 
     No adapter: the embedded pair (then no base model either). With an adapter (a Hub id, as the Space loads
     it from the Hub): its ``adapter_config.json`` and weights are fetched (HF cache, else the Hub), the base
     model defaults to the one it records, and the base model's config must be found (cache or Hub) and fit
-    the adapter's LoRA shapes. ``check=False`` skips every request (the ids are only validated).
+    the adapter's LoRA shapes (the adapter's weights are downloaded for that, as `papo push adapter` reads
+    them locally).
 
     Raises ``ValueError`` naming the argument and the fix, ``BaseModelMismatchError`` when the shapes differ;
     HTTP errors (401/403 included) propagate for the caller's retry/auth handling.
@@ -135,10 +136,6 @@ def resolve_space_models(
             f"--adapter {adapter!r} is not a Hub model id (<namespace>/<name>): the Space loads the adapter from "
             "the Hub; push it first with `papo push adapter DIR --repo-id <you>/<name>` and pass that id"
         )
-    if not check:
-        if base_model:
-            _resolve_base_model(base_model, {}, {})
-        return SpaceModels(base_model, adapter)
     config_path, weights_path = _download_adapter(adapter, token)
     adapter_config = json.loads(Path(config_path).read_text())
     base = _resolve_base_model(base_model, {}, adapter_config)
