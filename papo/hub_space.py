@@ -328,7 +328,9 @@ def pick_space_examples(
 
 
 def _most_different(rows: list[dict], baseline: dict | None, n: int) -> list[dict]:
-    """The top `n` rows by score, taken in turn from each benchmark (each sorted best first)."""
+    """`n` rows by score (best first), taken in turn from each benchmark among the rows whose score is above
+    0 (the two models differ there), then, if too few differ, the best of the rest. Rows of no score (no
+    baseline prediction for that question) or no image are never picked."""
 
     def score(row: dict) -> float:
         if baseline is not None:
@@ -343,13 +345,14 @@ def _most_different(rows: list[dict], baseline: dict | None, n: int) -> list[dic
     )
     queues: dict[str, list[dict]] = {}  # per benchmark, best first; benchmarks in the order of their best row
     for value, row in ranked:
-        if value >= 0:  # -1: no baseline prediction for this question
+        if value > 0:
             queues.setdefault(row["benchmark"], []).append(row)
     picked: list[dict] = []
     while len(picked) < n and any(queues.values()):
         for queue in queues.values():
             if queue and len(picked) < n:
                 picked.append(queue.pop(0))
+    picked += [row for value, row in ranked if value == 0][: n - len(picked)]
     return picked
 
 
@@ -419,10 +422,17 @@ def _slug(text: str) -> str:
 
 def _load_space_module():
     """space/papo_space.py, imported from its file (it is the Space's module, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("papo_space_build", SPACE_SOURCE / "papo_space.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    name = "papo_space_build"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SPACE_SOURCE / "papo_space.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # registered first: its dataclasses look their module up
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -125,6 +125,7 @@ print(json.dumps([first, second]))
     for path, data in files.items():
         (pulled / path).parent.mkdir(parents=True, exist_ok=True)
         (pulled / path).write_bytes(data)
+    saved = {name: sys.modules.pop(name, None) for name in ("papo_space", "app")}  # tests/space's, if loaded
     sys.path.insert(0, str(pulled))
     try:
         import importlib
@@ -137,8 +138,10 @@ print(json.dumps([first, second]))
         assert "differed most" in app.examples_label(gallery)
     finally:
         sys.path.remove(str(pulled))
-        sys.modules.pop("papo_space", None)
-        sys.modules.pop("app", None)
+        for name, module in saved.items():
+            sys.modules.pop(name, None)
+            if module is not None:
+                sys.modules[name] = module
     assert [e.reference for e in gallery] == [e["reference"] for e in examples]
     assert all(Path(e.image).is_file() for e in gallery)
 
@@ -290,3 +293,48 @@ def test_dry_run_folder_starts_with_python_app_py_and_answers(hub, push_env, tmp
     assert details["baseline"]["answer"] and details["papo"]["answer"]
     assert details["models"]["embedded"] == "True"
     assert details["models"]["baseline"].startswith(str(site))  # the warm start inside the wheel
+
+
+def test_examples_are_the_questions_where_the_models_differ_most(eval_run_dir, tmp_path):
+    """With the base model's predictions too: by |accuracy difference|, in turn per benchmark; a question on
+    which they agree comes only after every one on which they differ."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from papo.hub_space import pick_space_examples
+
+    baseline = Path(shutil.copytree(eval_run_dir, tmp_path / "baseline-eval"))
+    accuracy = {
+        "Geo3k-0": 0.5,
+        "Geo3k-1": 0.0,
+        "count_shapes-0": 1.0,
+        "count_shapes-1": 0.25,
+    }  # PAPO: all 0.5
+    for path in (baseline / "predictions").glob("*.parquet"):
+        table = pq.read_table(path)
+        column = pa.array([accuracy[i] for i in table.column("id").to_pylist()], pa.float64())
+        pq.write_table(table.set_column(table.schema.get_field_index("accuracy"), "accuracy", column), path)
+
+    def ids(n: int, **kwargs) -> list[str]:
+        out = tmp_path / f"examples-{n}-{len(kwargs)}"
+        picked = pick_space_examples(
+            out, adapter="me/adapter", eval_dataset=str(eval_run_dir), num_examples=n, **kwargs
+        )
+        manifest = json.loads((out / "examples.json").read_text())
+        assert manifest["examples"] == picked and all((out / e["image"]).is_file() for e in picked)
+        return [e["id"] for e in picked]
+
+    assert ids(2, baseline_eval_dataset=str(baseline)) == ["Geo3k-1", "count_shapes-0"]
+    assert ids(4, baseline_eval_dataset=str(baseline)) == [
+        "Geo3k-1",
+        "count_shapes-0",
+        "count_shapes-1",
+        "Geo3k-0",
+    ]
+    assert pick_space_examples(tmp_path / "none", adapter=None) is None  # the Space draws the embedded pair's
+    assert not (tmp_path / "none").exists()
+    neutral = pick_space_examples(tmp_path / "neutral", adapter="me/adapter")
+    assert [e["source"] for e in neutral] == ["bundled"] * 3
+    assert all((tmp_path / "neutral" / e["image"]).is_file() for e in neutral)
