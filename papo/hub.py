@@ -1302,7 +1302,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the base model's eval predictions: with --eval-dataset, 'differ most' = per-question accuracy",
     )
     space.add_argument(
-        "--hardware", default=None, help="request this hardware, e.g. zero-a10g, t4-small, cpu-basic"
+        "--hardware",
+        default=None,
+        help="request this hardware, e.g. zero-a10g, t4-small (omitted: left as it is)",
     )
     space.add_argument(
         "--load-in-4bit", action="store_true", help="set PAPO_LOAD_IN_4BIT (QLoRA-style NF4 base)"

@@ -120,7 +120,27 @@ print(json.dumps([first, second]))
             assert image.format == "PNG" and image.getpixel((0, 0)) == colours[example["reference"]]
         assert example["question"].startswith("What colour is the square?")
 
-    # The Space's own code reads them (space/papo_space.make_examples, from the pushed files).
+    # Other arguments: the managed variables follow them (PAPO_DTYPE deleted, 4-bit set); one set by hand stays.
+    space.variables["PAPO_MAX_NEW_TOKENS"] = "64"
+    code = f"""
+import json
+from papo.hub_space import push_space
+print(json.dumps(push_space({SPACE!r}, adapter={ADAPTER!r}, eval_dataset={EVAL!r}, load_in_4bit=True)))
+"""
+    result = run_python(code, push_env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    third = json.loads(result.stdout.splitlines()[-1])
+    assert third["changes"] == ["variable PAPO_LOAD_IN_4BIT=true", "variable PAPO_DTYPE deleted"]
+    assert space.variables == {
+        "PAPO_BASE_MODEL": TINY_BASE,
+        "PAPO_ADAPTER": ADAPTER,
+        "PAPO_LOAD_IN_4BIT": "true",
+        "PAPO_MAX_NEW_TOKENS": "64",
+    }
+    assert set(space.commits[-1].added) == {"README.md"} and not space.commits[-1].deleted  # the card only
+    assert "--load-in-4bit" in space.files["README.md"].decode() and space.hardware == "zero-a10g"
+
+    # The Space's own code reads the examples (space/papo_space.make_examples, from the pushed files).
     pulled = tmp_path / "pulled"
     for path, data in files.items():
         (pulled / path).parent.mkdir(parents=True, exist_ok=True)
