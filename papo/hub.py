@@ -11,6 +11,8 @@ Two steps each, so that what is pushed can be inspected first (`papo push ... --
   skipped by ``huggingface_hub``; when nothing changed at all no commit is made and the URL of the current head
   commit is returned.
 
+``papo.hub_space`` builds and pushes the comparison Space (``papo push space``) with the same transport.
+
 Pushing retries transient failures (HTTP 408/429/5xx, connection errors) with exponential backoff, and turns
 HTTP 401/403 into a ``HubAuthError`` whose message says how to log in. The token is taken from the ``token``
 argument, else from huggingface_hub itself (``HF_TOKEN``, or the token stored by ``hf auth login``); it is

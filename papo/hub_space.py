@@ -6,8 +6,10 @@
 - papo-hub itself as a wheel built from this source tree (``papo_hub-<version>-py3-none-any.whl``), so the Space
   runs the code that built it, before papo-hub is on PyPI and without a git URL. The embedded demo models
   (``papo/assets``, about 5 MB) go into the wheel only when the Space runs them (no adapter given);
-- ``requirements.txt``: the wheel by relative path, then the ``space`` extra's pins from ``pyproject.toml``
-  (the wheel's own metadata pins the rest);
+- ``requirements.txt``: papo-hub's dependencies and its ``space`` extra, pinned as in ``pyproject.toml`` (read
+  from the wheel's metadata). The wheel itself is imported by the app (``papo_space.use_shipped_wheel``), not
+  installed by ``requirements.txt``: a Space's build may install that file before the rest of the repo is in
+  place, where a relative path to the wheel would not resolve;
 - ``examples/``: with an adapter, the example gallery (``pick_space_examples``); without, the Space builds the
   embedded pair's own examples;
 - ``README.md``: the Space card, its front matter filled in (sdk and version, python 3.12, the base model and
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -239,15 +242,30 @@ def build_wheel(out_dir: str | os.PathLike, *, with_assets: bool) -> Path:
     return target
 
 
-def _space_requirements(wheel_name: str) -> str:
-    """requirements.txt: the wheel (its metadata pins papo-hub's dependencies), then the `space` extra."""
-    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
-    extra = project.get("optional-dependencies", {}).get("space", [])
+def _space_requirements(wheel: Path) -> str:
+    """requirements.txt: papo-hub's dependencies and its `space` extra, as the wheel's metadata pins them
+    (so they match pyproject.toml), and `spaces`. The wheel itself is not listed: the app imports it from
+    the Space folder (``papo_space.use_shipped_wheel``), because a Space may install requirements.txt before
+    the rest of the repo is in place, where a relative path to the wheel would not resolve."""
+    from email.parser import Parser
+
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = Parser().parsestr(archive.read(name).decode())
     lines = [
-        f"# Written by `papo push space` (papo-hub {__version__}). The wheel is papo-hub itself, built from the",
-        "# source that pushed this Space; its metadata pins papo-hub's dependencies (torch, transformers, peft, ...).",
-        f"./{wheel_name}",
-        *extra,
+        f"# Written by `papo push space`: the dependencies of papo-hub {__version__} and of its `space` extra.",
+        f"# papo-hub itself is {wheel.name}, next to app.py, which app.py imports (see papo_space.use_shipped_wheel).",
+    ]
+    for spec in metadata.get_all("Requires-Dist") or []:
+        requirement = Requirement(spec)
+        marker = str(requirement.marker) if requirement.marker else ""
+        if marker and marker.replace("'", '"') != 'extra == "space"':
+            continue  # another extra (deepspeed, vllm, dev)
+        requirement.marker = None
+        lines.append(str(requirement))
+    lines += [
         "# ZeroGPU: `spaces` (preinstalled there) gives the GPU per request; elsewhere the app runs without it.",
         "spaces",
     ]
@@ -464,7 +482,7 @@ def build_space_repo(
         for name in SPACE_APP_FILES:
             shutil.copyfile(SPACE_SOURCE / name, folder / name)
         wheel = build_wheel(folder, with_assets=models.embedded)
-        (folder / "requirements.txt").write_text(_space_requirements(wheel.name))
+        (folder / "requirements.txt").write_text(_space_requirements(wheel))
         examples = pick_space_examples(
             folder / EXAMPLES_DIR,
             adapter=models.adapter,

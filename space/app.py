@@ -18,6 +18,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # papo_space, when started from another directory
 
+from papo_space import use_shipped_wheel  # noqa: E402
+
+# A Space built by `papo push space` runs the papo-hub wheel shipped next to this file (before papo is imported).
+SHIPPED_PAPO = use_shipped_wheel()
+
 from papo_space import (  # noqa: E402
     LABELS,
     SIDES,
@@ -409,6 +414,8 @@ def queue(demo: gr.Blocks, config: SpaceConfig) -> gr.Blocks:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if SHIPPED_PAPO is not None:
+        logger.info("papo-hub from the shipped wheel, extracted in %s", SHIPPED_PAPO)
     config = SpaceConfig.from_env()
     models = Models(config)
     zero_gpu = spaces is not None and os.environ.get("SPACES_ZERO_GPU")

@@ -156,6 +156,57 @@ class SpaceConfig:
         )
 
 
+# --- papo-hub shipped as a wheel (a Space built by `papo push space`) ----------------------------------
+
+
+def use_shipped_wheel(space_dir: Path = SPACE_DIR, env: Mapping[str, str] | None = None) -> Path | None:
+    """Import papo from the papo-hub wheel shipped next to the app, if there is one; returns where it is.
+
+    `papo push space` ships papo-hub as ``papo_hub-<version>-py3-none-any.whl`` in the Space repo: the Space
+    runs the code that built it, with no git URL and before papo-hub is on PyPI. Its dependencies are in
+    ``requirements.txt``; the wheel itself is not, because a Space's build may install ``requirements.txt``
+    before the rest of the repo is in place, where a relative path to the wheel would not resolve. A
+    pure-Python wheel is a zip of the installed files: it is extracted once (keyed by its hash, into the
+    cache folder, ``PAPO_SPACE_CACHE``) and put first on ``sys.path``. The ``space/`` folder of a papo-hub
+    checkout has no wheel: nothing changes there.
+    """
+    import hashlib
+    import tempfile
+    import zipfile
+
+    wheels = sorted(Path(space_dir).glob("papo_hub-*-py3-none-any.whl"))
+    if not wheels:
+        return None
+    if len(wheels) > 1:
+        raise RuntimeError(
+            f"more than one papo-hub wheel in {space_dir}: {', '.join(w.name for w in wheels)}"
+        )
+    wheel = wheels[0]
+    env = os.environ if env is None else env
+    cache = Path(_env_str(env, "PAPO_SPACE_CACHE") or Path(space_dir) / ".cache").expanduser()
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()[:16]
+    target = cache / "papo-hub" / f"{wheel.stem}-{digest}"
+    if not (target / "papo" / "__init__.py").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(partial)
+        try:
+            os.replace(partial, target)
+        except OSError:  # another process extracted it first
+            shutil.rmtree(partial, ignore_errors=True)
+    if str(target) not in sys.path:
+        sys.path.insert(0, str(target))
+    loaded = sys.modules.get("papo")
+    if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(str(target)):
+        warnings.warn(
+            f"papo was imported from {loaded.__file__} before the shipped {wheel.name}: that copy is used",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return target
+
+
 # --- the embedded default models ----------------------------------------------------------------------
 
 
