@@ -774,7 +774,10 @@ def _scrub_local_paths(value: Any) -> Any:
 
 
 # The files a build writes or rewrites (tokenizer vocabularies and model outputs may hold any string).
-_WRITTEN_FILES = ("README.md", "adapter_config.json", "papo_config.yaml", "results.json", "results.md")
+_WRITTEN_FILES = (
+    *("README.md", "adapter_config.json", "papo_config.yaml", "results.json", "results.md"),
+    "examples/examples.json",  # a Space's examples (papo.hub_space)
+)
 
 
 def _refuse_local_paths(folder: Path, source: Path) -> None:

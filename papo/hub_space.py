@@ -52,6 +52,7 @@ from papo.hub import (
     _is_previous_build,
     _looks_local,
     _push_folder,
+    _refuse_local_paths,
     _resolve_base_model,
     _tidy,
     _with_retries,
@@ -336,9 +337,9 @@ def pick_space_examples(
         if not picked:
             raise ValueError(f"--eval-dataset {eval_dataset}: no prediction rows to pick examples from")
         how = (
-            f"|accuracy difference| per question, {eval_dataset} vs {baseline_eval_dataset}"
+            f"|accuracy difference| per question, {_public(eval_dataset)} vs {_public(baseline_eval_dataset)}"
             if baseline is not None
-            else f"mean perception KL of the PAPO answers in {eval_dataset} (no baseline predictions given)"
+            else f"mean perception KL of the PAPO answers in {_public(eval_dataset)} (no baseline predictions given)"
         )
     manifest = {"picked_by": f"papo.hub_space.pick_space_examples: {how}", "examples": picked}
     (out_dir / EXAMPLES_MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
@@ -434,6 +435,13 @@ def _clean_question(question: str) -> str:
     return question.replace(PROMPT_SUFFIX, "").replace("<image>", "").strip()
 
 
+def _public(source: str | None) -> str | None:
+    """A Hub id as is; a local folder as ``<local>/<its name>`` (nothing pushed names a local path)."""
+    if source is None or not Path(source).expanduser().exists():
+        return source
+    return f"<local>/{Path(source).expanduser().resolve().name}"
+
+
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))[:40].strip("_") or "x"
 
@@ -501,6 +509,9 @@ def build_space_repo(
             examples=examples,
         )
         (folder / "README.md").write_text(card, encoding="utf-8")
+        for source in (eval_dataset, baseline_eval_dataset):
+            if source and _public(source) != source:
+                _refuse_local_paths(folder, Path(source).expanduser())
 
     return _build_atomically(Path(out_dir), write, overwrite=overwrite, source=SPACE_SOURCE)
 
@@ -538,7 +549,7 @@ def _space_card(
 ) -> str:
     from huggingface_hub import SpaceCard, SpaceCardData
 
-    datasets = [d for d in (eval_dataset, baseline_eval_dataset) if d and not Path(d).expanduser().exists()]
+    datasets = [d for d in (eval_dataset, baseline_eval_dataset) if d and _public(d) == d]
     extra: dict[str, Any] = {}
     if hardware:
         extra["suggested_hardware"] = hardware
@@ -568,7 +579,7 @@ def _space_card(
             else "the PAPO answers leaned most on the image (mean perception KL)"
         )
         examples_text = (
-            f"{len(examples)} questions from the eval predictions `{eval_dataset}` on which {how}."
+            f"{len(examples)} questions from the eval predictions `{_public(eval_dataset)}` on which {how}."
         )
     else:
         examples_text = "three drawn figures (a bar chart, a clock, a right triangle)."
@@ -602,8 +613,8 @@ def _command(repo_id, models, variables, eval_dataset, baseline_eval_dataset, ha
     if models.adapter:
         parts += ["--base-model", str(models.base_model), "--adapter", models.adapter]
     for flag, value in (("--eval-dataset", eval_dataset), ("--baseline-eval-dataset", baseline_eval_dataset)):
-        if value and not Path(value).expanduser().exists():
-            parts += [flag, value]
+        if value:
+            parts += [flag, _public(value)]
     if hardware:
         parts += ["--hardware", hardware]
     if variables.get("PAPO_LOAD_IN_4BIT"):

@@ -336,6 +336,7 @@ def test_examples_are_the_questions_where_the_models_differ_most(eval_run_dir, t
             out, adapter="me/adapter", eval_dataset=str(eval_run_dir), num_examples=n, **kwargs
         )
         manifest = json.loads((out / "examples.json").read_text())
+        assert str(tmp_path) not in json.dumps(manifest)  # local eval folders are named <local>/<name>
         assert manifest["examples"] == picked and all((out / e["image"]).is_file() for e in picked)
         return [e["id"] for e in picked]
 
