@@ -188,6 +188,7 @@ def use_shipped_wheel(space_dir: Path = SPACE_DIR, env: Mapping[str, str] | None
     target = cache / "papo-hub" / f"{wheel.stem}-{digest}"
     if not (target / "papo" / "__init__.py").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
+        # Not papo.files.write_dir_atomically: papo is what this makes importable.
         partial = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
         with zipfile.ZipFile(wheel) as archive:
             archive.extractall(partial)
