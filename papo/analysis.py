@@ -15,7 +15,8 @@ with each prediction and what the Space colours tokens by.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -75,6 +76,51 @@ def completion_logprobs(
     return torch.log_softmax(logits.float(), dim=-1), completion_mask
 
 
+def perception_per_token(
+    model,
+    processor,
+    prompts: Sequence[list[dict[str, Any]]],
+    images: Sequence[Sequence],
+    completions: Sequence[list[int]],
+    *,
+    masking: MaskingConfig | None = None,
+    seed: int = 0,
+    estimator: str = "full",
+) -> dict[str, list[list[float]]]:
+    """Both per-token quantities from one pair of forwards (original image, masked image), as lists of each
+    completion's length:
+
+    * ``"perception_kl"``: KL(π(·|I) ‖ π(·|I_mask)), full-vocabulary by default (see the module docstring;
+      ``estimator`` k1/k2/k3 gives the training estimators on the answer's tokens instead);
+    * ``"visual_dependency"``: d_t = clamp(exp(x) − x − 1, 0, 10), x = clamp(log π(o_t|I_mask) −
+      log π(o_t|I), ±20) on the answer's own tokens: the quantity VPPO gates and PGPO weights by
+      (`papo.followups.visual_dependency`), i.e. the training k3 estimate of the KL above.
+    """
+    from papo.followups import visual_dependency
+
+    if estimator not in ("full", "k1", "k2", "k3"):
+        raise ValueError(f"estimator must be 'full', 'k1', 'k2' or 'k3', got {estimator!r}")
+    masking = masking or MaskingConfig()
+    masked = [
+        masked_copies(p, row, masking, seed, processor.image_processor)
+        for p, row in zip(prompts, images, strict=True)
+    ]
+    logp, mask = completion_logprobs(model, processor, prompts, images, completions)
+    logq, _ = completion_logprobs(model, processor, prompts, masked, completions)
+    ids = torch.tensor([list(c) + [0] * (mask.size(1) - len(c)) for c in completions], device=logp.device)
+    sampled_p = logp.gather(-1, ids[..., None]).squeeze(-1)
+    sampled_q = logq.gather(-1, ids[..., None]).squeeze(-1)
+    if estimator == "full":
+        kl = (logp.exp() * (logp - logq)).sum(-1).clamp(min=0.0)  # >= 0; clamp float round-off only
+    else:
+        kl = per_token_kl(sampled_p, sampled_q, estimator)
+    d = visual_dependency(sampled_p, sampled_q, mask)
+    return {
+        name: [row[: len(c)].tolist() for row, c in zip(values.cpu(), completions, strict=True)]
+        for name, values in (("perception_kl", kl), ("visual_dependency", d))
+    }
+
+
 def perception_kl_per_token(
     model,
     processor,
@@ -87,20 +133,70 @@ def perception_kl_per_token(
     estimator: str = "full",
 ) -> list[list[float]]:
     """KL(π(·|I) ‖ π(·|I_mask)) at every token of every completion (lists of each completion's length)."""
-    masking = masking or MaskingConfig()
-    masked = [
-        masked_copies(p, row, masking, seed, processor.image_processor)
-        for p, row in zip(prompts, images, strict=True)
-    ]
-    logp, mask = completion_logprobs(model, processor, prompts, images, completions)
-    logq, _ = completion_logprobs(model, processor, prompts, masked, completions)
-    if estimator == "full":
-        kl = (logp.exp() * (logp - logq)).sum(-1).clamp(min=0.0)  # >= 0; clamp float round-off only
-    elif estimator in ("k1", "k2", "k3"):
-        ids = torch.tensor([list(c) + [0] * (mask.size(1) - len(c)) for c in completions], device=logp.device)
-        sampled_p = logp.gather(-1, ids[..., None]).squeeze(-1)
-        sampled_q = logq.gather(-1, ids[..., None]).squeeze(-1)
-        kl = per_token_kl(sampled_p, sampled_q, estimator)
-    else:
-        raise ValueError(f"estimator must be 'full', 'k1', 'k2' or 'k3', got {estimator!r}")
-    return [row[: len(c)].tolist() for row, c in zip(kl.cpu(), completions, strict=True)]
+    return perception_per_token(
+        model, processor, prompts, images, completions, masking=masking, seed=seed, estimator=estimator
+    )["perception_kl"]
+
+
+# --- showing per-token values: one token text and one colour scale for eval, the notebooks, the Space -----
+
+
+def token_pieces(tokenizer, ids: list[int]) -> list[str]:
+    """The text each token adds, so that "".join(pieces) is the decoded answer (special tokens kept).
+
+    Decoding the growing prefix (not each id alone) keeps multi-byte characters whole: a character split
+    over byte-level tokens appears on the token that completes it, the others get "".
+    """
+    pieces, previous = [], ""
+    for end in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if text.startswith(previous) and not text.endswith("\ufffd"):
+            pieces.append(text[len(previous) :])
+            previous = text
+        else:  # an incomplete character: wait for the token that completes it
+            pieces.append("")
+    full = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    if pieces and "".join(pieces) != full:  # bytes that never formed a character, at the end
+        pieces[-1] += full[len(previous) :] if full.startswith(previous) else "\ufffd"
+    return pieces
+
+
+def readable(piece: str) -> str:
+    """A token piece made visible for labels: spaces as ␣, newlines as ↵, control characters as symbols."""
+    if piece == "":
+        return "∅"
+    out = []
+    for char in piece:
+        if char == " ":
+            out.append("␣")
+        elif char == "\n":
+            out.append("↵")
+        elif char == "\t":
+            out.append("⇥")
+        elif ord(char) < 0x20:
+            out.append(chr(0x2400 + ord(char)))  # U+2400 Control Pictures
+        elif unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def kl_colour_scale(values: Iterable[Sequence[float]]) -> float:
+    """The top of the heat-map colour scale: the largest value shown (0 if none).
+
+    One rule everywhere a heat map is drawn (the Space, notebook 03), with one scale for everything on
+    view, so the same KL has the same colour in both answers and the strongest token is full colour.
+    """
+    return max((max(row) for row in values if len(row)), default=0.0)
+
+
+def kl_heatmap_html(pieces: Sequence[str], values: Sequence[float], scale: float) -> str:
+    """Inline HTML spans, each token's text on a red background of opacity value / scale (hover: the value)."""
+    import html
+
+    return "".join(
+        f'<span title="KL {value:.4f}" style="background: rgba(220, 40, 40, '
+        f'{min(value / scale, 1.0) if scale > 0 else 0.0:.2f})">{html.escape(piece)}</span>'
+        for piece, value in zip(pieces, values, strict=True)
+    )

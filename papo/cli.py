@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 from papo import __version__
@@ -46,15 +47,28 @@ def _cmd_synthetic_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    from papo.data.loading import load_training_dataset
+    """Validate a training set, or an eval set in any layout `papo eval --data` accepts (same loader)."""
+    from papo.data.loading import load_training_dataset, prepare_papo_dataset
+    from papo.evaluation.data import is_sharegpt_source, load_eval_sets, papo_eval_root
 
-    dataset, report = load_training_dataset(
-        args.source, args.split, skip_invalid=args.skip_invalid, max_samples=args.max_samples
-    )
-    print(f"{args.source} [{args.split}]: {report}")
-    for line in report.first_errors:
-        print(f"  {line}")
-    print(json.dumps(dataset[0]["prompt"], indent=1)[:2000])
+    if is_sharegpt_source(args.source) or papo_eval_root(args.source) is not None:
+        checked = []
+        for eval_set in load_eval_sets(args.source, args.split, args.image_dir):
+            rows = eval_set.dataset
+            if args.max_samples is not None:
+                rows = rows.select(range(min(args.max_samples, len(rows))))
+            dataset, report = prepare_papo_dataset(rows, skip_invalid=args.skip_invalid, show_progress=False)
+            checked.append((eval_set.name, dataset, report))
+    else:
+        dataset, report = load_training_dataset(
+            args.source, args.split, skip_invalid=args.skip_invalid, max_samples=args.max_samples
+        )
+        checked = [(f"{args.source} [{args.split}]", dataset, report)]
+    for name, _rows, report in checked:
+        print(f"{name}: {report}")
+        for line in report.first_errors:
+            print(f"  {line}")
+    print(json.dumps(checked[0][1][0]["prompt"], indent=1)[:2000])
     return 0
 
 
@@ -63,7 +77,11 @@ def _cmd_train(argv: list[str]) -> int:
 
     script_args, training_args, model_args = parse_train_args(argv)
     trainer = train(script_args, training_args, model_args)
-    print(f"Adapter/model, processor, papo_config.yaml and metrics.jsonl saved to {trainer.args.output_dir}")
+    if trainer is None:  # --resume on a finished run: said so, changed nothing
+        return 0
+    from papo.console import run_summary
+
+    print(run_summary(trainer.args.output_dir))
     return 0
 
 
@@ -71,20 +89,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from papo.embedded import embedded_dataset, embedded_model
     from papo.evaluation.run import EvalConfig, run_eval
 
-    config = EvalConfig(
-        samples_per_question=args.samples,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        grader=args.grader,
-        seed=args.seed,
-        max_questions=args.max_questions,
-        perception_kl=not args.no_perception_kl,
-        kl_threshold=args.kl_threshold,
-        mask_ratio=args.mask_ratio,
-        skip_invalid=not args.fail_on_invalid,
-    )
+    config = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclass_fields(EvalConfig)})
     model = args.model or str(embedded_model(args.embedded_dir))
     sources = args.data or [str(embedded_dataset(args.embedded_dir, seed=args.seed))]
     result = run_eval(
@@ -131,6 +136,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     dataset, report = load_training_dataset(data_dir, "test", max_samples=args.num_samples)
     print(f"Loaded {report} from {data_dir} [test]")
+    if args.arch == "qwen2_5_vl":  # embedded_model gives the warm start (shipped, or trained once)
+        kind = "the embedded warm start: a ~2.4M-parameter Qwen2.5-VL trained to read handwritten digits"
+    else:
+        kind = f"a tiny random-weight {args.arch} model: it has learnt nothing, so its reward is ~0"
+    print(f"Model: {model_dir} ({kind})")
     model, processor = load_vlm(model_dir)
     completions = generate(
         model,
@@ -149,11 +159,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f.write(json.dumps({**record, **score}) + "\n")
     print(
         f"{len(scores)} answers: reward {mean(s['overall'] for s in scores):.3f}, "
-        f"accuracy {mean(s['accuracy'] for s in scores):.3f}, format {mean(s['format'] for s in scores):.3f} "
-        "(an untrained random model scores ~0)"
+        f"accuracy {mean(s['accuracy'] for s in scores):.3f}, format {mean(s['format'] for s in scores):.3f}"
     )
     print(f"Samples written to {samples}")
     return 0
+
+
+def _parse_bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, config_class) -> None:
+    """``--<field>`` for every field of a config dataclass (type, default, help, choices from the class):
+    one definition of each setting, as `papo train` gets from TRL's parser."""
+    import typing
+
+    hints = typing.get_type_hints(config_class)
+    for f in dataclass_fields(config_class):
+        kind = hints[f.name]
+        optional = type(None) in typing.get_args(kind)
+        if optional:
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        convert = _parse_bool if kind is bool else kind
+        names = [f"--{f.name}", *([f.metadata["alias"]] if "alias" in f.metadata else [])]
+        help_text = f.metadata.get("help", "")
+        parser.add_argument(
+            *names,
+            dest=f.name,
+            type=convert,
+            default=f.default,
+            choices=f.metadata.get("choices"),
+            metavar="{true,false}" if kind is bool else None,
+            help=f"{help_text} (default: {f.default})".strip(),
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,20 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="results.json of this model evaluated with another --seed (repeatable): adds the seed spread",
     )
-    ev.add_argument("--samples", type=int, default=8, help="samples per question (avg@k)")
-    ev.add_argument("--temperature", type=float, default=1.0)
-    ev.add_argument("--top_p", type=float, default=1.0)
-    ev.add_argument("--max_new_tokens", type=int, default=2048)
-    ev.add_argument("--batch_size", type=int, default=8)
-    ev.add_argument("--max_questions", type=int, default=None, help="first N questions of each set")
-    ev.add_argument("--grader", default="mathruler", choices=["mathruler", "math_verify"])
-    ev.add_argument("--no_perception_kl", action="store_true", help="skip the per-token KL analysis")
-    ev.add_argument("--kl_threshold", type=float, default=0.1)
-    ev.add_argument("--mask_ratio", type=float, default=0.6)
+    from papo.evaluation.run import EvalConfig
+
+    add_dataclass_options(ev, EvalConfig)
+    # Short forms kept from earlier releases (and the README): they set the same fields.
     ev.add_argument(
-        "--fail_on_invalid", action="store_true", help="stop at the first bad row (default: skip)"
+        "--no_perception_kl", dest="perception_kl", action="store_false", help="= --perception_kl false"
     )
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--fail_on_invalid", dest="skip_invalid", action="store_false", help="= --skip_invalid false"
+    )
     ev.add_argument("--dtype", default="auto")
     ev.add_argument("--device", default=None)
     ev.add_argument("--embedded_dir", default=str(DEFAULT_OUTPUT))
@@ -265,9 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_synthetic_data)
 
-    check = sub.add_parser("check-data", help="validate a dataset in the official schema")
-    check.add_argument("source", help="Hub id, local directory, or .parquet/.json(l) file")
+    check = sub.add_parser(
+        "check-data", help="validate a dataset in the official schema, or an eval set as `papo eval` reads it"
+    )
+    check.add_argument(
+        "source",
+        help="Hub id, local directory, .parquet/.json(l) file, or an eval set (PAPO_eval snapshot, ShareGPT JSON)",
+    )
     check.add_argument("--split", default="train")
+    check.add_argument(
+        "--image_dir", default=None, help="for a ShareGPT JSON: the folder its image paths start from"
+    )
     check.add_argument(
         "--skip_invalid", action="store_true", help="skip and count bad rows instead of failing"
     )
@@ -282,6 +328,17 @@ def main(argv: list[str] | None = None) -> int:
         from papo.hub import main as push_main
 
         return push_main(argv[1:])
+    if argv[:1] == ["train"] and {"-h", "--help", "--help-all"} & set(argv[1:]):
+        from papo.train import parse_train_args, train_help
+
+        if "--help-all" not in argv[1:]:
+            print(train_help())
+            return 0
+        parse_train_args(["--help"])  # TRL's full argparse help; exits
+    if argv[:1] and argv[0] not in ("-h", "--help"):
+        from papo.console import quiet_known_noise
+
+        quiet_known_noise()
     if argv[:1] == ["train"]:
         # `papo train` takes TRL's own arguments (PAPOConfig/GRPOConfig, ModelConfig): TrlParser parses them.
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

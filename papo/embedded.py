@@ -60,7 +60,7 @@ def embedded_model(root: str | os.PathLike, arch: str = "qwen2_5_vl", seed: int 
 
         path = Path(root) / "warm-start-qwen2_5_vl"
         if not (path / "config.json").exists():
-            print(f"Training the warm-start Qwen2.5-VL in {path} (once; ~10 min on 2 CPU cores) ...")
+            print(f"Training the warm-start Qwen2.5-VL in {path} (once; 25-45 min on 2 CPU cores) ...")
         return train_warm_start(path)
     from papo.tiny import save_tiny_vlm
 

@@ -234,7 +234,8 @@ def _adapter_card(
     train_data = list(datasets) if datasets else _training_datasets(run_config)
     tags = ["papo", "trl", "peft", peft_method.lower()]
     if algorithm is not None:
-        tags.append("dapo" if algorithm in ("PAPO-D", "DAPO") else "grpo")
+        tags.append("dapo" if run_config.get("dynamic_sampling") else "grpo")
+        tags += [name.lower() for name in _followups(run_config)]
     tags.append("vision-language")
     title_algorithm = algorithm or "PAPO"
     base_label = base or local_base or "its base model"
@@ -927,11 +928,27 @@ def _algorithm(run_config: dict) -> tuple[str | None, bool]:
         return None, True
     perception = bool(run_config.get("perception_loss", (run_config.get("perception_kl_coef") or 0) > 0))
     dapo = bool(run_config.get("dynamic_sampling"))
+    followups = _followups(run_config)
+    if followups:  # VPPO / PGPO / NoisyRollout (issue 19), with PAPO's KL term when γ > 0
+        kl_on = perception and (run_config.get("perception_kl_coef") or 0) > 0
+        return ("PAPO + " if kl_on else "") + " + ".join(followups), kl_on
     if not perception:
         return ("DAPO" if dapo else "GRPO"), False
     if dapo:
         return "PAPO-D", True
     return ("PAPO-G-NRef" if run_config.get("beta", 0.0) == 0 else "PAPO-G"), True
+
+
+def _followups(run_config: dict) -> list[str]:
+    """The follow-up methods a run used (papo.followups): VPPO, PGPO, NoisyRollout."""
+    names = []
+    if run_config.get("vppo_token_gating") or run_config.get("vppo_advantage_scaling"):
+        names.append("VPPO")
+    if run_config.get("pgpo"):
+        names.append("PGPO")
+    if run_config.get("noisy_rollout"):
+        names.append("NoisyRollout")
+    return names
 
 
 # (key in papo_config.yaml, meaning): the PAPO / GRPO settings shown on the card, in this order.
@@ -1209,8 +1226,10 @@ _COLUMN_DOCS = {
     "extracted": "per sample, the content of its last `\\boxed{}` (null if none)",
     "correct": "per sample, whether the grader accepted the extracted answer",
     "accuracy": "mean of `correct` for this question (0 to 1)",
-    "tokens": "per sample, its generated tokens (decoded one by one)",
+    "tokens": "per sample, the text each generated token adds (joined, they give the answer; a character split over several tokens appears on the last)",
     "perception_kl": "per sample, per generated token: KL(π(·|I) ‖ π(·|I_mask)), aligned with `tokens`",
+    "visual_dependency": "per sample, per generated token: d_t, the k3 estimate of that KL on the generated token "
+    "(what VPPO/PGPO act on), aligned with `tokens`",
 }
 
 

@@ -4,7 +4,8 @@ Official method (spec §2.1, ``verl/trainer/papo_utils.py:random_patch_blackenin
 ``patch_size``x``patch_size`` (14) pixel squares over the *raw* image, before the processor's resize
 (squares at the right/bottom edge may be partial), and set each square to black (RGB 0) independently
 with probability ``mask_ratio`` (0.6). One masked copy per prompt, shared by its G rollouts; a fresh
-draw each time the prompt is sampled.
+draw each time the prompt is sampled. ``per="response"`` (VPPO, ``mask_per``) draws one mask per rollout
+instead (`response_key`). `diffusion_noise` is NoisyRollout's generation-time corruption.
 
 Ours differs from the official code in three documented ways:
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 STRATEGIES = ("patch", "noise")
 GRIDS = ("image", "model")
+GRANULARITIES = ("prompt", "response")
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,13 @@ class MaskingConfig:
     patch_size: int = 14  # square side in original-image pixels (grid="image")
     grid: str = "image"  # "image": official, original pixel space | "model": the ViT patch grid
     noise_std: float = 0.6  # strategy="noise": std of the noise on [0, 1]-scaled pixels
+    per: str = (
+        "prompt"  # "prompt": one mask shared by a prompt's G rollouts (PAPO) | "response": one each (VPPO)
+    )
 
     def __post_init__(self):
+        if self.per not in GRANULARITIES:
+            raise ValueError(f"masking per={self.per!r} (mask_per) is not one of {GRANULARITIES}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"masking strategy={self.strategy!r} is not one of {STRATEGIES}")
         if self.grid not in GRIDS:
@@ -107,6 +114,15 @@ def prompt_key(images: Sequence[Image.Image], text: str) -> bytes:
         _update_framed(digest, bytes(palette) if palette else b"")
         _update_framed(digest, image.tobytes())
     return digest.digest()
+
+
+def response_key(key: bytes, row: int) -> bytes:
+    """Key of one response (mask granularity "response", VPPO): the prompt key plus the row's global index.
+
+    Rows are global positions in the generation batch (every rank agrees on them), so each of a prompt's G
+    rollouts gets its own mask while the mask stays reproducible and rank-independent.
+    """
+    return bytes(key) + b"/response/" + str(int(row)).encode()
 
 
 def mask_seed(base_seed: int, draw: int, key: bytes) -> int:
@@ -154,6 +170,28 @@ def _add_noise(pixels: np.ndarray, noise_std: float, rng: np.random.Generator) -
     x = pixels.astype(np.float64) / 255.0
     noisy = np.clip(x + rng.normal(0.0, noise_std, size=x.shape), 0.0, 1.0)
     return np.round(noisy * 255.0).astype(np.uint8)
+
+
+def _diffuse(pixels: np.ndarray, alpha_bar: float, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W, 3) uint8: x_k = √ᾱ·x + √(1 − ᾱ)·ε on x = pixels / 255, clipped to [0, 1].
+
+    Back to uint8 by truncation, ``floor(255·x_k)``, as the released NoisyRollout code does
+    (torchvision ``ToPILImage`` on a float tensor is ``mul(255).byte()``).
+    """
+    x = pixels.astype(np.float64) / 255.0
+    noisy = math.sqrt(alpha_bar) * x + math.sqrt(1.0 - alpha_bar) * rng.standard_normal(size=x.shape)
+    return (np.clip(noisy, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def diffusion_noise(image: Image.Image, alpha_bar: float, rng: np.random.Generator) -> Image.Image:
+    """NoisyRollout's corruption: the forward-diffusion sample x_k of `image` at ᾱ_k = ``alpha_bar``.
+
+    (W, H) image -> new (W, H) RGB image (same size, so the processor gives the same image grid and the
+    prompt's image-token count stays valid). ᾱ_k comes from `papo.followups.diffusion_alpha_bars`.
+    """
+    if not 0.0 <= alpha_bar <= 1.0:
+        raise ValueError(f"alpha_bar must be in [0, 1], got {alpha_bar}")
+    return Image.fromarray(_diffuse(_rgb_pixels(image), alpha_bar, rng))
 
 
 def blacken_patches(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import yaml
@@ -64,8 +65,8 @@ class PAPOScriptArguments:
 
 
 def resolve_config_argument(argv: list[str]) -> list[str]:
-    """Default to the demo preset; let `--config NAME` name a shipped preset."""
-    argv = list(argv)
+    """Default to the demo preset; let `--config NAME` (or `--config=NAME`) name a shipped preset."""
+    argv = [piece for arg in argv for piece in (arg.split("=", 1) if arg.startswith("--config=") else [arg])]
     if "--config" not in argv:
         return ["--config", str(CONFIG_DIR / f"{DEFAULT_PRESET}.yaml"), *argv]
     index = argv.index("--config") + 1
@@ -86,13 +87,117 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+def train_help() -> str:
+    """`papo train --help`: usage, the presets and the PAPO options; TRL's ~200 options are behind
+    `--help-all` (they are all accepted, but listed first they buried everything else)."""
+    from dataclasses import MISSING, fields
+
+    from papo.trainer import PAPOConfig
+
+    def options(cls, names=None) -> list[str]:
+        lines = []
+        for f in fields(cls):
+            if names is not None and f.name not in names:
+                continue
+            default = f.default if f.default is not MISSING else "…"
+            lines.append(f"  --{f.name} (default: {default})")
+            if f.metadata.get("help"):
+                lines.append(f"      {f.metadata['help']}")
+        return lines
+
+    own = set(PAPOConfig.__annotations__)  # declared (or re-defaulted) by PAPOConfig itself
+    return "\n".join(
+        [
+            "usage: papo train [--config PRESET | --config FILE.yaml] [--OPTION VALUE ...]",
+            "",
+            f"Train with PAPO (or the GRPO/DAPO baseline) on TRL's GRPOTrainer. Without --config: the "
+            f"`{DEFAULT_PRESET}` preset (the embedded warm start on synthetic digits, CPU). Options given on the "
+            "command line override the YAML.",
+            "",
+            "presets (papo/configs/<name>.yaml):",
+            *(f"  {name}" for name in available_presets()),
+            "",
+            "PAPO options (PAPOConfig; defaults are the official PAPO-G 3B values):",
+            *options(PAPOConfig, own),
+            "",
+            "data and run options:",
+            *options(PAPOScriptArguments),
+            "",
+            "Common TRL options: --output_dir, --max_steps, --learning_rate, --per_device_train_batch_size, "
+            "--num_generations, --model_name_or_path, --use_peft, --lora_r, --load_in_4bit, --dtype, --seed.",
+            "Every option (TRL's GRPOConfig, TrainingArguments and ModelConfig too): papo train --help-all",
+        ]
+    )
+
+
 def parse_train_args(argv: list[str]):
+    """(PAPOScriptArguments, PAPOConfig, ModelConfig) from a YAML (`--config`) and command-line flags.
+
+    Errors a first run meets say what to change: an unknown key or flag gets "did you mean"; bf16 on a
+    machine without it names the device and the setting (TRL's own message only says "bf16/gpu").
+    """
+    import torch
     from trl import ModelConfig, TrlParser
 
     from papo.trainer import PAPOConfig
 
-    parser = TrlParser((PAPOScriptArguments, PAPOConfig, ModelConfig), prog="papo train")
-    return parser.parse_args_and_config(resolve_config_argument(argv))
+    classes = (PAPOScriptArguments, PAPOConfig, ModelConfig)
+    known = {f.name for cls in classes for f in dataclass_fields(cls)}
+    argv = resolve_config_argument(argv)
+    config_path = argv[argv.index("--config") + 1]
+    config = yaml.safe_load(Path(config_path).read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"--config {config_path}: expected a YAML mapping of option: value, got {type(config).__name__}"
+        )
+    for key in config:
+        if key not in known:
+            raise ValueError(f"--config {config_path}: unknown key {key!r}{_did_you_mean(key, known)}")
+    bf16_given = "bf16" in config or any(a == "--bf16" or a.startswith("--bf16=") for a in argv)
+    if not torch.cuda.is_available():
+        if not bf16_given:
+            argv += ["--bf16", "false"]  # TRL defaults to bf16, which a CPU cannot run: train in float32
+        elif _flag_value(argv, "bf16", config.get("bf16")) in (True, "true", "True", "1"):
+            raise ValueError(
+                f"bf16 is set (in {config_path} or on the command line) but this machine has no CUDA GPU: "
+                "set `bf16: false` (a CPU run trains in float32), e.g. --bf16 false"
+            )
+    parser = TrlParser(classes, prog="papo train")
+    try:
+        return parser.parse_args_and_config(argv)
+    except ValueError as err:
+        if "not used by the HfArgumentParser" in str(err):
+            flags = [a[2:].split("=")[0] for a in argv if a.startswith("--")]
+            unknown = [f for f in flags if f not in known | {"config"} and f.removeprefix("no_") not in known]
+            hints = "; ".join(f"--{f}{_did_you_mean(f, known)}" for f in unknown)
+            raise ValueError(
+                f"unknown option(s): {hints or err}. `papo train --help` lists the options"
+            ) from err
+        if "bf16/gpu" in str(err):
+            name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA GPU"
+            raise ValueError(
+                f"bf16 is on but this device ({name}) does not support it: set `bf16: false` and `fp16: true` "
+                "(T4, V100), e.g. --bf16 false --fp16 true"
+            ) from err
+        raise
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _flag_value(argv: list[str], name: str, default):
+    """The last value given to --name on the command line (which overrides the YAML), else `default`."""
+    value = default
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def build_peft_config(model_args, script_args):
@@ -121,9 +226,11 @@ class JsonlMetricsCallback(TrainerCallback):
 
 
 def train(script_args, training_args, model_args):
-    """Run one training job; returns the trainer (after `train()` and `save_model()`)."""
+    """Run one training job; returns the trainer (after `train()` and `save_model()`), or None when
+    `--resume` points at a run that already reached `max_steps` (then nothing is changed)."""
     import torch
 
+    from papo.console import use_compact_progress
     from papo.data.loading import filter_long_prompts, load_training_dataset
     from papo.embedded import embedded_dataset, embedded_model
     from papo.guards import OOM_ADVICE
@@ -131,6 +238,19 @@ def train(script_args, training_args, model_args):
     from papo.rewards import make_reward_funcs
     from papo.trainer import PAPOTrainer
 
+    resume_from = (
+        resolve_resume(script_args.resume, training_args.output_dir) or training_args.resume_from_checkpoint
+    )
+    finished = finished_step(resume_from, training_args.max_steps)
+    if finished is not None:
+        # Re-running a finished run's command with --resume (after a disconnect, or by habit) must not
+        # train a step past max_steps nor touch its outputs.
+        print(
+            f"This run is complete: {resume_from} is at step {finished}, its last (max_steps "
+            f"{training_args.max_steps if training_args.max_steps > 0 else finished}). Nothing was changed; "
+            "raise --max_steps to train further."
+        )
+        return None
     if model_args.model_name_or_path is None:
         model_args.model_name_or_path = str(embedded_model(script_args.embedded_dir))
         print(
@@ -178,11 +298,9 @@ def train(script_args, training_args, model_args):
         peft_config=build_peft_config(model_args, script_args),
         callbacks=[JsonlMetricsCallback(Path(training_args.output_dir) / "metrics.jsonl")],
     )
+    use_compact_progress(trainer)
     save_resolved_config(
         Path(training_args.output_dir) / "papo_config.yaml", script_args, training_args, model_args
-    )
-    resume_from = (
-        resolve_resume(script_args.resume, training_args.output_dir) or training_args.resume_from_checkpoint
     )
     if resume_from:
         print(f"Resuming from {resume_from}")
@@ -223,6 +341,17 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
         raise FileNotFoundError(f"--resume {resume}: not a complete checkpoint (no trainer_state.json)")
     return resume
+
+
+def finished_step(checkpoint: str | None, max_steps: int) -> int | None:
+    """The checkpoint's step if it already reached the run's last step (`max_steps`, or with
+    `max_steps` <= 0 the one its own trainer_state recorded), else None."""
+    if not checkpoint:
+        return None
+    state = json.loads(Path(checkpoint, "trainer_state.json").read_text())
+    last = max_steps if max_steps > 0 else state.get("max_steps", 0)
+    step = state.get("global_step", 0)
+    return step if last > 0 and step >= last else None
 
 
 class TrainingOutOfMemory(RuntimeError):

@@ -1,7 +1,8 @@
 """PAPOConfig / PAPOTrainer: TRL's GRPOTrainer plus the PAPO perception loss.
 
-This file is the only place that touches TRL internals. It wraps (never copies) three methods of
-`trl.GRPOTrainer` (contract-tested in `tests/test_trainer_contract.py`):
+This file is the only place that touches TRL internals. It wraps (never copies) these methods of
+`trl.GRPOTrainer` (contract-tested in `tests/test_trainer_contract.py`); the last two serve only the
+follow-ups of issue 19 (VPPO, PGPO, NoisyRollout; the math is in `papo.followups`):
 
 * `_generate_and_score_completions` — after TRL has generated and scored a generation batch, mask
   each prompt's image(s) (`papo.masking`: one mask per prompt shared by its G rollouts, drawn from
@@ -18,6 +19,14 @@ This file is the only place that touches TRL internals. It wraps (never copies) 
   importance weighting, k3 clamped like verl's `low_var_kl`) and the PAPO terms from `papo.loss`:
   ``− γ·agg(w·KL_prcp) + d·(η1·H[π_θ] + η2·H[π_mask])``, aggregated like TRL's `loss_type`
   (`bnpo` = the official token-mean) and scaled for gradient accumulation like TRL's own loss.
+  With VPPO/PGPO on it first replaces the batch's advantages by TRL's documented per-token form
+  A_{i,t} = w_{i,t}·A_i (w: VPPO's gate × advantage scale, or PGPO's weights, from d_t computed at
+  generation: `visual_dependency`), the same gradient as weighting each token's policy-gradient loss.
+* `_prepare_inputs` — TRL's buffering unchanged; after a generation batch is split, VPPO's score range
+  (min/max of S_i over each optimizer step's micro-batches on this device) is attached to them.
+* `_generate_single_turn` — NoisyRollout: the second half of each group is generated from a
+  diffusion-noised copy of its image; TRL's `_generate` returns its own clean images, from which every
+  scoring forward (and so every loss term) is built.
 
 Dynamic sampling (DAPO) also lives here (`_dynamic_sampling`, official rules, any number of processes).
 Everything else — generation, rewards, advantages, clipping, the reference log-probs, PEFT, logging,
@@ -38,14 +47,35 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
+from papo.followups import (
+    diffusion_alpha_bars,
+    noise_step,
+    noisy_rows,
+    pgpo_token_weights,
+    token_advantages,
+    visual_dependency,
+    vppo_advantage_scale,
+    vppo_score_range,
+    vppo_sensitivity,
+    vppo_token_gate,
+)
 from papo.guards import COLLAPSE_ACTIONS, CollapseGuard, check_finite
 from papo.loss import apply_mode_weights, gamma_schedule, papo_terms, per_token_kl, reference_kl
-from papo.masking import MaskingConfig, check_same_grid, mask_images, mask_seed, prompt_key
+from papo.masking import (
+    MaskingConfig,
+    check_same_grid,
+    diffusion_noise,
+    mask_images,
+    mask_seed,
+    prompt_key,
+    response_key,
+)
 from papo.vllm_check import (
     SyncRecord,
     check_server_image_tokens,
@@ -192,6 +222,56 @@ class PAPOConfig(GRPOConfig):
         default="image", metadata={"help": "image (official) | model (squares on the ViT patch grid)."}
     )
     mask_noise_std: float = field(default=0.6, metadata={"help": "noise strategy: std on [0,1] pixels."})
+    mask_per: str = field(
+        default="prompt",
+        metadata={
+            "help": "mask granularity: prompt (PAPO: one mask shared by a prompt's G rollouts) | response "
+            "(VPPO: one mask per rollout)."
+        },
+    )
+    # --- follow-ups (papo.followups); all off = exactly PAPO / GRPO ---
+    vppo_token_gating: bool = field(
+        default=False,
+        metadata={
+            "help": "VPPO: per response, keep the policy-gradient loss only on the top vppo_top_fraction of "
+            "tokens by visual dependency d_t (still averaged over all tokens)."
+        },
+    )
+    vppo_top_fraction: float = field(
+        default=0.4, metadata={"help": "VPPO: share of tokens kept, k = ceil(p·|o|)."}
+    )
+    vppo_advantage_scaling: bool = field(
+        default=False,
+        metadata={
+            "help": "VPPO: scale each response's advantage by its mean d_t, normalised over the mini-batch."
+        },
+    )
+    vppo_beta_min: float = field(default=0.9, metadata={"help": "VPPO: smallest advantage scale β_min."})
+    pgpo: bool = field(
+        default=False,
+        metadata={
+            "help": "PGPO: per-token advantages A·w_t with w_t from the min-max of log(1 + d_t) in the response."
+        },
+    )
+    pgpo_tau: float = field(default=0.4, metadata={"help": "PGPO: threshold τ in (0, 1)."})
+    pgpo_beta: float = field(default=2.0, metadata={"help": "PGPO: slope β above the threshold."})
+    noisy_rollout: bool = field(
+        default=False,
+        metadata={
+            "help": "NoisyRollout: generate the second half of each group on a diffusion-noised image; every "
+            "loss term still scores the clean image (needs an even num_generations)."
+        },
+    )
+    noisy_rollout_max_step: int = field(
+        default=500, metadata={"help": "NoisyRollout: initial noise step α₀ of the 1000-step schedule."}
+    )
+    noisy_rollout_decay: str = field(
+        default="sigmoid", metadata={"help": "NoisyRollout: noise-step annealing, sigmoid | linear | none."}
+    )
+    noisy_rollout_decay_coef: float = field(default=30.0, metadata={"help": "NoisyRollout: sigmoid slope λ."})
+    noisy_rollout_decay_mid_step: float = field(
+        default=40.0, metadata={"help": "NoisyRollout: sigmoid midpoint γ, in training steps."}
+    )
     vllm_checks: bool = field(
         default=True,
         metadata={
@@ -208,7 +288,9 @@ class PAPOConfig(GRPOConfig):
             patch_size=self.mask_patch_size,
             grid=self.mask_grid,
             noise_std=self.mask_noise_std,
+            per=self.mask_per,
         )
+        self._check_followups()
         # Fail at configuration time, not at the first step.
         gamma_schedule(
             0,
@@ -228,6 +310,52 @@ class PAPOConfig(GRPOConfig):
             raise ValueError(f"collapse_guard must be one of {COLLAPSE_ACTIONS}, got {self.collapse_guard!r}")
         if self.entropy_estimator not in ("sampled", "full"):
             raise ValueError(f"entropy_estimator must be 'sampled' or 'full', got {self.entropy_estimator!r}")
+
+    @property
+    def uses_visual_dependency(self) -> bool:
+        """VPPO or PGPO is on: they act on the per-token visual dependency d_t."""
+        return self.vppo_token_gating or self.vppo_advantage_scaling or self.pgpo
+
+    @property
+    def needs_masked_logps(self) -> bool:
+        """The masked-image forward runs for the PAPO terms and for d_t (VPPO, PGPO)."""
+        return self.perception_loss or self.uses_visual_dependency
+
+    def _check_followups(self) -> None:
+        if self.pgpo and (self.vppo_token_gating or self.vppo_advantage_scaling):
+            raise ValueError(
+                "pgpo and vppo_token_gating / vppo_advantage_scaling both reshape the advantages from d_t: turn "
+                "one off (pgpo: false, or vppo_token_gating: false and vppo_advantage_scaling: false)."
+            )
+        if not 0.0 < self.vppo_top_fraction <= 1.0:
+            raise ValueError(f"vppo_top_fraction must be in (0, 1] (VPPO: 0.4), got {self.vppo_top_fraction}")
+        if not 0.0 <= self.vppo_beta_min <= 1.0:
+            raise ValueError(f"vppo_beta_min must be in [0, 1] (VPPO: 0.9), got {self.vppo_beta_min}")
+        if not 0.0 < self.pgpo_tau < 1.0:
+            raise ValueError(f"pgpo_tau must be in (0, 1) (PGPO: 0.4), got {self.pgpo_tau}")
+        if self.pgpo_beta < 0:
+            raise ValueError(f"pgpo_beta must be >= 0 (PGPO: 2.0), got {self.pgpo_beta}")
+        if self.uses_visual_dependency and self.loss_type in ("cispo", "vespo", "sapo"):
+            raise ValueError(
+                f"vppo_* / pgpo reshape the advantages of a clipped surrogate; loss_type={self.loss_type!r} is not "
+                "one: use loss_type dapo (VPPO/PGPO's mini-batch token-mean) or bnpo."
+            )
+        if self.noisy_rollout:
+            generations = self.num_generations or 0
+            if generations < 2 or generations % 2:
+                raise ValueError(
+                    f"noisy_rollout generates half of each group on the noised image: num_generations must be "
+                    f"even and >= 2, got {self.num_generations} (the released recipe: 6 clean + 6 noised = 12)."
+                )
+            if not 0 <= self.noisy_rollout_max_step <= 999:
+                raise ValueError(
+                    f"noisy_rollout_max_step must be in [0, 999] (a step of the 1000-step schedule), got "
+                    f"{self.noisy_rollout_max_step}"
+                )
+            if self.noisy_rollout_decay not in ("sigmoid", "linear", "none"):
+                raise ValueError(
+                    f"noisy_rollout_decay must be sigmoid, linear or none, got {self.noisy_rollout_decay!r}"
+                )
 
 
 class PAPOTrainer(GRPOTrainer):
@@ -263,6 +391,7 @@ class PAPOTrainer(GRPOTrainer):
         if not isinstance(self.args, PAPOConfig):
             raise TypeError("PAPOTrainer needs a PAPOConfig (a GRPOConfig with the PAPO settings)")
         self._papo_capture: list | None = None  # set while compute_loss runs TRL's loss
+        self._noisy_generation: dict | None = None  # NoisyRollout: what the last generation call saw
         dropout = _active_dropout(self.model)
         # With dropout on, the masked branch is re-run next to the training forward with its dropout masks.
         self._dropout_active = bool(dropout) and self.args.perception_loss
@@ -360,9 +489,41 @@ class PAPOTrainer(GRPOTrainer):
             self._check_vllm_prompts(inputs, output)
         if self._papo_rewards is not None:
             output["papo_accuracy"] = self._local_accuracy(len(inputs), output["completion_ids"].device)
-        if self.args.perception_loss:
+        if self.args.needs_masked_logps:
             self._add_masked_logps(inputs, output)
+        if self.args.uses_visual_dependency:
+            self._add_visual_dependency(output)
         return output
+
+    def _add_visual_dependency(self, output: dict[str, Any]) -> None:
+        """d_t (`papo.followups.visual_dependency`) between the old policy on the original and masked image.
+
+        The old policy's original-image log-probs are TRL's ``old_per_token_logps`` when TRL computed them
+        (several updates per generation batch, or vLLM); otherwise (one update per generation batch, where TRL
+        skips them because they equal the training forward's) one no-grad forward computes them here.
+        """
+        old = output.get("old_per_token_logps")
+        if old is None:
+            input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+            attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+            mode = "train" if self.model.training else "eval"
+            batch_size = (
+                self.args.per_device_train_batch_size
+                if mode == "train"
+                else self.args.per_device_eval_batch_size
+            )
+            with torch.no_grad():
+                old, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model,
+                    input_ids,
+                    attention_mask,
+                    output["completion_ids"].size(1),
+                    batch_size=batch_size,
+                    **_image_kwargs(output, output["pixel_values"]),
+                )
+        output["visual_dependency"] = visual_dependency(
+            old, output["masked_per_token_logps"], output["completion_mask"]
+        )
 
     def _add_masked_logps(self, inputs: list[dict[str, Any]], output: dict[str, Any]) -> None:
         images = [_row_images(row) for row in inputs]
@@ -375,10 +536,12 @@ class PAPOTrainer(GRPOTrainer):
         # One draw per generation round: the step is shared by all ranks; eval draws are kept apart.
         draw = self.state.global_step if mode == "train" else -1 - self.state.global_step
         masked_images = []
-        for row, row_images in zip(inputs, images, strict=True):
-            seed = mask_seed(
-                self.args.seed, draw, prompt_key(row_images, json.dumps(row["prompt"], default=str))
-            )
+        first_row = self.accelerator.process_index * len(inputs)  # global row index of this rank's first row
+        for i, (row, row_images) in enumerate(zip(inputs, images, strict=True)):
+            key = prompt_key(row_images, json.dumps(row["prompt"], default=str))
+            if self.args.masking.per == "response":  # VPPO: one mask per rollout
+                key = response_key(key, first_row + i)
+            seed = mask_seed(self.args.seed, draw, key)
             masked_images += mask_images(
                 row_images, self.args.masking, seed, self.processing_class.image_processor
             )
@@ -587,13 +750,16 @@ class PAPOTrainer(GRPOTrainer):
     def _check_vllm_prompts(self, inputs: list[dict[str, Any]], output: dict[str, Any]) -> None:
         """The prompt ids vLLM ran and the images it got equal the training batch's, row by row."""
         vllm_ids, vllm_images = self._vllm_calls[0]
+        expected_images = [_row_images(row) for row in inputs]
+        if self._noisy_generation is not None:  # NoisyRollout: those rows were generated on the noised copies
+            expected_images = [list(images or []) for images in self._noisy_generation["images"]]
         scored = scored_prompts(
             output["prompt_ids"],
             output["prompt_mask"],
             output.get("image_grid_thw"),
             output.get("num_images") or [0] * len(inputs),
             self.processing_class.image_processor.merge_size,
-            [_row_images(row) for row in inputs],
+            expected_images,
         )
         check_vllm_prompts(vllm_ids, vllm_images, scored, self.processing_class.image_token_id)
 
@@ -612,6 +778,123 @@ class PAPOTrainer(GRPOTrainer):
             for name, module in self.vllm_generation.model.named_modules()
             if isinstance(module, LoraLayer)
         }
+
+    # --- wrapped TRL method 4: the split of a generation batch into micro-batches (VPPO's statistics) ---
+    def _prepare_inputs(self, generation_batch):
+        """TRL's buffering, plus VPPO's score range per mini-batch when a new generation batch was split.
+
+        VPPO normalises its per-response scores S_i over the *mini-batch* on each device, i.e. the rows of
+        one optimizer step: here the ``gradient_accumulation_steps`` consecutive micro-batches TRL will use
+        for that step (TRL consumes ``_buffered_inputs[step % steps_per_generation]`` in order). Each of
+        them gets ``vppo_score_range`` (B, 2): (min S, max S) of its mini-batch, NaN when undefined.
+        """
+        before = getattr(self, "_buffered_inputs", None)
+        inputs = super()._prepare_inputs(generation_batch)
+        if self.args.vppo_advantage_scaling and self.model.training and self._buffered_inputs is not before:
+            self._add_vppo_score_ranges(self._buffered_inputs)
+        return inputs
+
+    def _add_vppo_score_ranges(self, micro_batches: list[dict[str, Any]]) -> None:
+        per_step = max(int(self.args.gradient_accumulation_steps), 1)
+        for start in range(0, len(micro_batches), per_step):
+            chunk = micro_batches[start : start + per_step]
+            scores = torch.cat(
+                [vppo_sensitivity(b["visual_dependency"], b["completion_mask"]) for b in chunk]
+            )
+            lengths = torch.cat([b["completion_mask"].sum(-1) for b in chunk])
+            score_range = vppo_score_range(scores, lengths)
+            if score_range is None:
+                score_range = torch.full((2,), float("nan"), device=scores.device, dtype=scores.dtype)
+            for batch in chunk:
+                batch["vppo_score_range"] = score_range[None].expand(batch["completion_ids"].size(0), 2)
+
+    def _shape_advantages(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """VPPO / PGPO as TRL's per-token advantages (B, T): A_{i,t} = weight_{i,t} · A_i (a new dict).
+
+        TRL 1.16 uses (B, T) advantages as they are (documented for subclasses); for weights ≥ 0 this is the
+        same gradient as multiplying each token's policy-gradient loss by the weight with the loss type's
+        denominator unchanged (`papo.followups.token_advantages`; tested in tests/test_followups_trainer.py).
+        """
+        args = self.args
+        advantages = inputs["advantages"]
+        if advantages.dim() != 1:
+            raise ValueError(
+                f"VPPO / PGPO expect TRL's per-response advantages (B,), got {tuple(advantages.shape)}"
+            )
+        d, mask = inputs["visual_dependency"], inputs["completion_mask"]
+        mode = "train" if self.model.training else "eval"
+        metrics = self._metrics[mode]
+        weights = torch.ones_like(d)
+        if args.vppo_token_gating:
+            gate = vppo_token_gate(d, mask, args.vppo_top_fraction)
+            weights = weights * gate
+            metrics["vppo/gated_token_fraction"].append(self._global_token_mean(gate, mask))
+        if args.vppo_advantage_scaling:
+            scores, lengths = vppo_sensitivity(d, mask), mask.sum(-1)
+            score_range = inputs.get("vppo_score_range")
+            if score_range is None:  # eval, or a direct compute_loss call: this micro-batch is the mini-batch
+                score_range = vppo_score_range(scores, lengths)
+            else:
+                score_range = score_range[0] if bool(torch.isfinite(score_range[0]).all()) else None
+            scale = vppo_advantage_scale(scores, lengths, score_range, args.vppo_beta_min)
+            weights = weights * scale[:, None]
+            metrics["vppo/advantage_scale_mean"].append(float(scale.mean()))
+        if args.pgpo:
+            weights = pgpo_token_weights(d, mask, args.pgpo_tau, args.pgpo_beta)
+            metrics["pgpo/weight_max"].append(float(torch.where(mask.bool(), weights, 0.0).max()))
+        metrics["visual_dependency"].append(self._global_token_mean(d, mask))
+        return {**inputs, "advantages": token_advantages(advantages, weights).to(advantages.dtype)}
+
+    # --- wrapped TRL method 5: one generation call (NoisyRollout's hook) ------------------------
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+        """NoisyRollout: the second half of each group is generated on a diffusion-noised copy of its image.
+
+        Only what this call generates from changes: ``images`` (vLLM) and ``multimodal_fields`` (pixel values,
+        for transformers' generate) of the noised rows. TRL's ``_generate`` returns its own clean ``images``,
+        from which it builds the pixel values every later forward uses (old/ref log-probs, the loss, the PAPO
+        masks), so every loss term scores the clean image. The noised copy has the same size, hence the same
+        image grid and image-token count (checked). One noised copy per prompt and draw, shared by the noised
+        rollouts (released code: one augmented batch per step), seeded like the masks.
+        """
+        self._noisy_generation = None
+        if not (self.args.noisy_rollout and self.model.training and images is not None):
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
+            )
+        rows = noisy_rows(
+            len(prompt_ids), self.num_generations, self.accelerator.process_index * len(prompt_ids)
+        )
+        step = noise_step(
+            self.state.global_step + 1,
+            max(self.state.max_steps or self.args.max_steps, 1),  # state.max_steps is 0 outside train()
+            max_step=self.args.noisy_rollout_max_step,
+            decay=self.args.noisy_rollout_decay,
+            coef=self.args.noisy_rollout_decay_coef,
+            mid_step=self.args.noisy_rollout_decay_mid_step,
+        )
+        alpha_bar = float(diffusion_alpha_bars()[step])
+        noised_images = []
+        for ids, row_images, noised in zip(prompt_ids, images, rows, strict=True):
+            if not noised or not row_images:
+                noised_images.append(row_images)
+                continue
+            key = prompt_key(row_images, json.dumps([int(t) for t in ids])) + b"/noisy-rollout"
+            rng = np.random.default_rng(mask_seed(self.args.seed, self.state.global_step, key))
+            noised_images.append([diffusion_noise(image, alpha_bar, rng) for image in row_images])
+        fields = dict(multimodal_fields)
+        if isinstance(fields.get("pixel_values"), torch.Tensor):
+            flat = [image for row_images in noised_images if row_images for image in row_images]
+            processed = self.processing_class.image_processor(images=flat, return_tensors="pt")
+            if "image_grid_thw" in fields:
+                check_same_grid(fields["image_grid_thw"], processed["image_grid_thw"])
+            fields["pixel_values"] = processed["pixel_values"].to(
+                fields["pixel_values"].device, fields["pixel_values"].dtype
+            )
+        self._noisy_generation = {"rows": rows, "images": noised_images, "noise_step": step}
+        self._metrics["train"]["noisy_rollout/noise_step"].append(float(step))
+        return super()._generate_single_turn(
+            prompt_ids, noised_images, fields, num_generations, *args, **kwargs
+        )
 
     # --- wrapped TRL method 2: per-token log-probs ---------------------------------------------
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
@@ -638,6 +921,8 @@ class PAPOTrainer(GRPOTrainer):
         official term (`papo.loss.reference_kl`) is added here from the reference log-probs TRL computed at
         generation. Both reuse the log-probs of TRL's one training forward.
         """
+        if self.args.uses_visual_dependency:
+            inputs = self._shape_advantages(inputs)
         beta = self.beta
         if not self.args.perception_loss and beta == 0.0:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

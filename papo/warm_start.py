@@ -126,7 +126,9 @@ def build_sft_dataset(
     weights = dict(task_weights or {})
     for task, weight in weights.items():
         if task not in ALL_TASKS:  # a weight for a known task that is not selected is simply unused
-            raise ValueError(f"task_weights names {task!r}, which is not a task; valid tasks: {', '.join(ALL_TASKS)}")
+            raise ValueError(
+                f"task_weights names {task!r}, which is not a task; valid tasks: {', '.join(ALL_TASKS)}"
+            )
         if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
             raise ValueError(f"task_weights[{task!r}] must be an integer >= 1, got {weight!r}")
     task_list = [task for task in names for _ in range(weights.get(task, 1))]

@@ -155,6 +155,11 @@ def summary_text(comparison: Comparison, side: str) -> str:
     return (
         f"Mean KL **{_fmt(s['mean_kl'])}** nats/token over {s['n_tokens']} tokens · max **{_fmt(s['max_kl'])}** "
         f"(`{top['token']}` at position {top['position']})"
+        + (
+            f" · mean visual dependency d_t **{_fmt(s['mean_dependency'])}** (the sampled-token k3 VPPO/PGPO act on)"
+            if comparison.answers[side].dependency
+            else ""
+        )
     )
 
 

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import unicodedata
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -625,47 +624,6 @@ class Settings:
 # --- tokens ------------------------------------------------------------------------------------------
 
 
-def token_pieces(tokenizer, ids: list[int]) -> list[str]:
-    """The text each token adds, so that "".join(pieces) is the decoded answer (special tokens kept).
-
-    Decoding the growing prefix (not each id alone) keeps multi-byte characters whole: a character split
-    over byte-level tokens appears on the token that completes it, the others get "".
-    """
-    pieces, previous = [], ""
-    for end in range(1, len(ids) + 1):
-        text = tokenizer.decode(ids[:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if text.startswith(previous) and not text.endswith("\ufffd"):
-            pieces.append(text[len(previous) :])
-            previous = text
-        else:  # an incomplete character: wait for the token that completes it
-            pieces.append("")
-    full = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    if pieces and "".join(pieces) != full:  # bytes that never formed a character, at the end
-        pieces[-1] += full[len(previous) :] if full.startswith(previous) else "\ufffd"
-    return pieces
-
-
-def readable(piece: str) -> str:
-    """A token piece made visible for labels: spaces as ␣, newlines as ↵, control characters as symbols."""
-    if piece == "":
-        return "∅"
-    out = []
-    for char in piece:
-        if char == " ":
-            out.append("␣")
-        elif char == "\n":
-            out.append("↵")
-        elif char == "\t":
-            out.append("⇥")
-        elif ord(char) < 0x20:
-            out.append(chr(0x2400 + ord(char)))  # U+2400 Control Pictures
-        elif unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return "".join(out)
-
-
 def displayed(piece: str) -> str:
     """A token piece for the inline heat map: real text, but control characters made visible."""
     return "".join(chr(0x2400 + ord(c)) if ord(c) < 0x20 and c not in "\n\t" else c for c in piece)
@@ -683,9 +641,13 @@ class Answer:
     kl: list[float] = field(default_factory=list)
     extracted: str | None = None
     correct: bool | None = None
+    # d_t per token: k3 on the answer's own tokens, what VPPO gates and PGPO weights by (papo.followups)
+    dependency: list[float] = field(default_factory=list)
 
     def label(self, position: int) -> str:
         """A readable label of one token; a partial character shows the tokenizer's byte token."""
+        from papo.analysis import readable
+
         piece = self.tokens[position]
         if piece or not self.raw_tokens:
             return readable(piece)
@@ -698,6 +660,7 @@ class Answer:
             "n_tokens": len(kl),
             "mean_kl": sum(kl) / len(kl) if kl else 0.0,
             "max_kl": max(kl) if kl else 0.0,
+            "mean_dependency": sum(self.dependency) / len(self.dependency) if self.dependency else 0.0,
             "top_tokens": [{"position": i, "token": self.label(i), "kl": kl[i]} for i in order],
         }
 
@@ -718,8 +681,10 @@ class Comparison:
 
     @property
     def kl_scale(self) -> float:
-        """The colour scale's top: the largest KL in either answer (0 if none)."""
-        return max((max(a.kl) for a in self.answers.values() if a.kl), default=0.0)
+        """The colour scale's top (`papo.analysis.kl_colour_scale`): one scale for both answers."""
+        from papo.analysis import kl_colour_scale
+
+        return kl_colour_scale(a.kl for a in self.answers.values())
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the images, JSON-safe: the API's detailed result."""
@@ -742,6 +707,7 @@ class Comparison:
                 "raw_tokens": answer.raw_tokens,
                 "token_ids": answer.token_ids,
                 "kl": answer.kl,
+                "visual_dependency": answer.dependency,
                 **answer.summary(),
             }
         return json.loads(json.dumps(out))
@@ -778,6 +744,7 @@ def compare(
     _require_ready(models)
     picture, notes = load_image(image, models.pixel_budget())
 
+    from papo.analysis import token_pieces
     from papo.evaluation.run import eval_prompt
     from papo.generation import generate_completions
     from papo.rewards import extract_boxed_answer, grade
@@ -849,7 +816,7 @@ def remask(models: Models, comparison: Comparison, mask_ratio: Any, mask_draw: A
 
 def _score(models: Models, prompt, picture: Image.Image, answers: dict[str, Answer], settings: Settings):
     """Fill each answer's per-token KL (hold models.lock); returns the masked image used for both."""
-    from papo.analysis import masked_copies, perception_kl_per_token
+    from papo.analysis import masked_copies, perception_per_token
     from papo.masking import MaskingConfig
 
     masking = MaskingConfig(mask_ratio=settings.mask_ratio)
@@ -857,7 +824,7 @@ def _score(models: Models, prompt, picture: Image.Image, answers: dict[str, Answ
     for side in SIDES:
         answer = answers[side]
         with models.policy(side) as model:
-            [kl] = perception_kl_per_token(
+            both = perception_per_token(
                 model,
                 models.processor,
                 [prompt],
@@ -866,8 +833,9 @@ def _score(models: Models, prompt, picture: Image.Image, answers: dict[str, Answ
                 masking=masking,
                 seed=settings.mask_seed,
             )
-        answer.kl = [float(v) for v in kl[: len(answer.token_ids)]]
-    # The exact copy perception_kl_per_token masked with (same prompt, images, config and seed).
+        answer.kl = [float(v) for v in both["perception_kl"][0][: len(answer.token_ids)]]
+        answer.dependency = [float(v) for v in both["visual_dependency"][0][: len(answer.token_ids)]]
+    # The exact copy perception_per_token masked with (same prompt, images, config and seed).
     [masked] = masked_copies(prompt, [picture], masking, settings.mask_seed, models.processor.image_processor)
     return masked
 
@@ -976,9 +944,9 @@ def figure_examples(directory: Path) -> list[Example]:
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    tmp = path.with_suffix(".tmp.png")
-    image.save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, path)
+    from papo.files import write_file_atomically
+
+    write_file_atomically(path, lambda tmp: image.save(tmp, format="PNG", optimize=True))
 
 
 def _figure_to_image(fig) -> Image.Image:

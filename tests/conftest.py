@@ -47,6 +47,44 @@ def _guarded_connect(sock, address):
 socket.socket.connect = _guarded_connect
 
 
+# The fast tier (`pytest -m "not slow"`, about a minute on 2 cores; the inner dev loop): pure functions,
+# configs, data, loss, masking, statistics. Every test outside these modules builds or trains a model,
+# generates or starts processes, and is marked slow here; the few slow tests inside them carry
+# @pytest.mark.slow themselves. CI and the README's test command run everything.
+FAST_MODULES = {
+    "tests/test_loss.py",
+    "tests/test_official_loss.py",
+    "tests/test_masking.py",
+    "tests/test_stats.py",
+    "tests/test_rewards.py",
+    "tests/test_guards.py",
+    "tests/test_console.py",
+    "tests/test_followups.py",
+    "tests/test_files.py",
+    "tests/data/test_loading.py",
+    "tests/data/test_synthetic.py",
+    "tests/data/test_digits.py",
+    "tests/metrics/test_papo_accuracy.py",
+}
+
+
+@pytest.fixture(scope="session")
+def preset_data(tmp_path_factory):
+    """A 4-row synthetic training set for the presets' one-step CPU runs."""
+    from papo.data.synthetic import save_synthetic_dataset
+
+    path = tmp_path_factory.mktemp("preset-data") / "synthetic"
+    save_synthetic_dataset(path, num_train=4, num_test=1, seed=0)
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    root = config.rootpath
+    for item in items:
+        if item.path.relative_to(root).as_posix() not in FAST_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from papo.analysis import completion_logprobs, perception_kl_per_token
+from papo.analysis import completion_logprobs, perception_kl_per_token, perception_per_token
 from papo.generation import generate_completions
 from papo.masking import MaskingConfig
 from papo.modeling import load_vlm
@@ -101,3 +101,41 @@ def test_kl_direction_with_hand_set_distributions(monkeypatch):
     [k3] = analysis.perception_kl_per_token(None, processor, [[]], [["original"]], [[0]], estimator="k3")
     x = math.log(0.5 / 0.9)
     assert k3 == [pytest.approx(math.exp(x) - x - 1, abs=1e-6)]
+
+
+def test_visual_dependency_next_to_the_full_kl(setup):
+    """d_t (what VPPO/PGPO act on) is the k3 estimate on the answer's own tokens, from the same two forwards."""
+    model, processor, prompts, images, completions = setup
+    both = perception_per_token(model, processor, prompts, images, completions, seed=0)
+    assert both["perception_kl"] == perception_kl_per_token(
+        model, processor, prompts, images, completions, seed=0
+    )
+    k3 = perception_kl_per_token(model, processor, prompts, images, completions, seed=0, estimator="k3")
+    for d, ref in zip(both["visual_dependency"], k3, strict=True):
+        assert len(d) == len(ref)
+        torch.testing.assert_close(torch.tensor(d), torch.tensor(ref).clamp(0.0, 10.0))
+    assert any(v > 0 for row in both["visual_dependency"] for v in row)
+
+
+def test_token_pieces_rebuild_the_text_and_keep_characters_whole():
+    from papo.analysis import readable, token_pieces
+    from papo.embedded import WARM_START_ASSET
+    from papo.modeling import load_processor
+
+    tokenizer = load_processor(str(WARM_START_ASSET)).tokenizer
+    text = "Réponse: 3 ≤ 4 \\boxed{3}"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = token_pieces(tokenizer, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == text
+    assert "\ufffd" not in "".join(pieces)
+    assert readable(" a\nb\x07") == "␣a↵b␇" and readable("") == "∅"
+
+
+def test_one_colour_scale_for_every_heat_map():
+    from papo.analysis import kl_colour_scale, kl_heatmap_html
+
+    assert kl_colour_scale([[0.1, 0.4], [], [0.2]]) == 0.4 and kl_colour_scale([[], []]) == 0.0
+    html = kl_heatmap_html(["<b>", "4"], [0.2, 0.4], 0.4)
+    assert html.count("<span") == 2 and "&lt;b&gt;" in html  # token text is escaped
+    assert "rgba(220, 40, 40, 0.50)" in html and "rgba(220, 40, 40, 1.00)" in html
+    assert "rgba(220, 40, 40, 0.00)" in kl_heatmap_html(["x"], [0.0], 0.0)  # nothing masked: no colour

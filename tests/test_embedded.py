@@ -74,3 +74,14 @@ def test_assets_are_package_data(name):
     patterns = pyproject["tool"]["setuptools"]["package-data"]["papo"]
     relative = getattr(embedded, name).relative_to(Path(embedded.__file__).parent)
     assert any(Path(relative, "x").match(pattern) for pattern in patterns), patterns
+
+
+def test_shipped_cards_and_configs_name_no_path_of_the_machine_that_built_them():
+    from papo.embedded import ASSETS_DIR
+
+    texts = [p for p in ASSETS_DIR.rglob("*") if p.suffix in (".md", ".yaml", ".json") and p.is_file()]
+    assert texts
+    for path in texts:
+        text = path.read_text()
+        for local in ("/work/", "/tmp/", "/home/", "/root/"):
+            assert local not in text, f"{path.relative_to(ASSETS_DIR)} names {local}"

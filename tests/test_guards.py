@@ -74,6 +74,7 @@ def _train_argv(tmp_path, *extra):
     return ["train", "--output_dir", str(tmp_path / "run"), "--embedded_dir", str(tmp_path / "emb"), *extra]
 
 
+@pytest.mark.slow
 def test_nan_step_stops_the_run_and_saves_no_adapter(tmp_path, capsys):
     assert main(_train_argv(tmp_path, "--max_steps", "3", "--perception_kl_coef", "nan")) == 2
     err = capsys.readouterr().err
@@ -81,6 +82,7 @@ def test_nan_step_stops_the_run_and_saves_no_adapter(tmp_path, capsys):
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_collapse_guard_stop_keeps_no_collapsed_adapter(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(
         guards, "collapse_signs", lambda history, window: ["a", "b"] if len(history) >= 2 else []
@@ -93,6 +95,7 @@ def test_collapse_guard_stop_keeps_no_collapsed_adapter(tmp_path, monkeypatch, c
     assert not (tmp_path / "run" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_oom_is_explained_and_the_adapter_kept(tmp_path, monkeypatch, capsys):
     from papo.trainer import PAPOTrainer
 

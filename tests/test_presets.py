@@ -30,22 +30,13 @@ CPU_OVERRIDES = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from papo.data.synthetic import save_synthetic_dataset
-
-    path = tmp_path_factory.mktemp("preset-data") / "synthetic"
-    save_synthetic_dataset(path, num_train=4, num_test=1, seed=0)
-    return path
-
-
 def test_the_presets_exist():
     assert set(NEW_PRESETS) <= set(available_presets())
 
 
 @pytest.mark.parametrize("preset", NEW_PRESETS)
 def test_preset_runs_one_papo_step_on_a_tiny_model_of_its_architecture(
-    preset, tiny_model_dirs, tiny_data, tmp_path
+    preset, tiny_model_dirs, preset_data, tmp_path
 ):
     arch = "qwen3_vl" if "qwen3vl" in preset else "qwen2_5_vl"
     # "--bf16 false" only because this CPU has no bf16; everything else is the preset's.
@@ -68,7 +59,7 @@ def test_preset_runs_one_papo_step_on_a_tiny_model_of_its_architecture(
         "--model_name_or_path",
         tiny_model_dirs[arch],
         "--dataset_name",
-        str(tiny_data),
+        str(preset_data),
     ]
     script_args, training_args, model_args = parse_train_args(
         [*argv, "--output_dir", str(out), *CPU_OVERRIDES]

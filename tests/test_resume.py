@@ -71,6 +71,11 @@ def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(tmp_path, mon
     # save_total_limit=2: only the two newest checkpoints are kept, and no staging leftovers are visible
     assert sorted(p.name for p in resumed.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
 
+    # The same command again with --resume latest (a finished run): says so and changes nothing.
+    before = {p: p.read_bytes() for p in resumed.rglob("*") if p.is_file()}
+    assert train(*_args(tmp_path, resumed, "--resume", "latest")) is None
+    assert {p: p.read_bytes() for p in resumed.rglob("*") if p.is_file()} == before
+
 
 def test_half_written_checkpoint_is_never_picked(tmp_path):
     out = tmp_path / "run"

@@ -30,6 +30,9 @@ WRAPPED = {
     ],
     "compute_loss": ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
     "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
+    # VPPO's mini-batch score range; NoisyRollout's generation hook (issue 19)
+    "_prepare_inputs": ["self", "generation_batch"],
+    "_generate_single_turn": ["self", "prompt_ids", "images", "multimodal_fields", "num_generations"],
 }
 
 
@@ -127,3 +130,56 @@ def test_reference_kl_switch_we_rely_on():
     assert "self.beta * per_token_kl" in loss_source
     generation = inspect.getsource(GRPOTrainer._generate_and_score_completions)
     assert "if self.beta != 0.0:" in generation and '"ref_per_token_logps"' in generation
+
+
+def _squashed(source: str) -> str:
+    return " ".join(source.split())
+
+
+def test_per_token_advantages_extension_point():
+    """VPPO/PGPO hand TRL (B, T) advantages: TRL must keep using them as they are, multiplying the ratio terms,
+    so that A·w is the loss weighted by w (tests/test_followups_trainer.py checks the gradient)."""
+    source = _squashed(inspect.getsource(GRPOTrainer._compute_loss))
+    for fragment in (
+        'advantages = inputs["advantages"]',
+        "if advantages.dim() == 1: advantages = advantages.unsqueeze(1)",
+        "per_token_loss1 = coef_1 * advantages",
+        "per_token_loss2 = coef_2 * advantages",
+        "per_token_loss = -torch.min(per_token_loss1, per_token_loss2)",
+    ):
+        assert fragment in source, f"TRL's use of per-token advantages changed: {fragment!r} not found"
+
+
+def test_micro_batch_buffer_vppo_reads():
+    """VPPO's score range is per optimizer step: PAPOTrainer reads TRL's buffer of micro-batches right after
+    a generation batch is split, in the order TRL consumes them."""
+    source = _squashed(inspect.getsource(GRPOTrainer._prepare_inputs))
+    for fragment in (
+        "generation_batches = split_tensor_dict(generation_batch, self.args.steps_per_generation)",
+        "self._buffered_inputs = [unsplit_pixel_values_by_grid(batch) for batch in generation_batches]",
+        "inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]",
+    ):
+        assert fragment in source, f"TRL's generation buffering changed: {fragment!r} not found"
+
+
+def test_noisy_rollout_hook_changes_only_what_is_generated_from():
+    """NoisyRollout swaps the images/pixel values passed to `_generate_single_turn`; TRL's `_generate` must
+    return its *own* images (from `_tokenize_prompts`), from which the scoring forwards' pixel values are built,
+    so every loss term sees the clean image."""
+    generate = _squashed(inspect.getsource(GRPOTrainer._generate))
+    for fragment in (
+        "prompt_ids, images, multimodal_fields = self._tokenize_prompts(prompts)",
+        "completion_ids, logprobs = self._generate_single_turn( prompt_ids, images, multimodal_fields, num_generations )",
+        "return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images",
+    ):
+        assert fragment in generate, f"TRL's _generate changed: {fragment!r} not found"
+    scoring = _squashed(inspect.getsource(GRPOTrainer._generate_and_score_completions))
+    for fragment in (
+        ") = self._generate(prompts)",
+        'prompt_inputs = self.processing_class(images=images, text=prompts_text, padding=True, return_tensors="pt")',
+    ):
+        assert fragment in scoring, f"TRL's scoring inputs changed: {fragment!r} not found"
+    single = _squashed(inspect.getsource(GRPOTrainer._generate_single_turn))
+    assert "images=images" in single and "for k, v in multimodal_fields.items():" in single, (
+        "_generate_single_turn no longer generates from its images / multimodal_fields arguments"
+    )

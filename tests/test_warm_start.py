@@ -52,7 +52,15 @@ def test_sft_rows_are_conversational_prompt_completion_with_images():
 
 def test_task_weights_repeat_a_task_within_each_round_robin_turn():
     weighted = build_sft_dataset(14, seed=1, task_weights={"digit_sum": 2, "digit_count": 3})
-    turn = ["digit_read", "digit_sum", "digit_sum", "digit_larger", "digit_count", "digit_count", "digit_count"]
+    turn = [
+        "digit_read",
+        "digit_sum",
+        "digit_sum",
+        "digit_larger",
+        "digit_count",
+        "digit_count",
+        "digit_count",
+    ]
     assert [t for t in DIGIT_TASKS if t not in turn] == ["digit_sum_text"]
     assert weighted["task"][:8] == turn + ["digit_sum_text"]
     assert weighted["completion"][1] != weighted["completion"][2]  # two different sum rows, not a copy

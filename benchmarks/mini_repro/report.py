@@ -8,6 +8,15 @@ from typing import Any
 
 ACCURACY_KEY = "rewards/accuracy_reward/mean"  # training accuracy of the sampled rollouts (TRL's log)
 PERCEPTION_KL_KEY = "perception_kl"  # k3 estimate of KL(pi(.|I) || pi(.|I_mask)), token mean (ours)
+# Each method is compared with its baseline, paired by seed (run.py runs the arms; this module only reads).
+BASELINE_OF = {
+    "papo-g": "grpo",
+    "papo-g-high": "grpo",
+    "papo-d": "dapo",
+    "vppo": "dapo",
+    "pgpo": "dapo",
+    "noisyrollout": "grpo",
+}
 
 # Final-checkpoint metrics reported per method: name -> how to read it from an evaluation.
 FINAL_METRICS = {
@@ -85,7 +94,6 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         entry["seeds"] = [r["seed"] for r in mine]
         summary["methods"][method] = entry
     # Paired by seed: PAPO minus its baseline, same seed (same data order, same LoRA init).
-    from benchmarks.mini_repro.run import BASELINE_OF
     from papo.stats import compare_paired
 
     for method, baseline in BASELINE_OF.items():

@@ -61,8 +61,45 @@ METHODS: dict[str, dict[str, Any]] = {
         "entropy_original_coef": 0.03,
         "entropy_masked_coef": 0.03,
     },
+    # Issue 19's follow-ups, each on its paper's base (VPPO, PGPO: DAPO; NoisyRollout: GRPO without KL is the
+    # paper's, here the GRPO arm's β so that only the generation differs). The method's own switches are the
+    # paper's; the rest (reward, batch sizes, clip) stays its baseline arm's, so the paired difference isolates
+    # the method. Not in the default --methods; not run yet (README: "not measured yet").
+    "vppo": {
+        "perception_kl_coef": 0.0,
+        "collapse_guard": "off",
+        "beta": 0.0,
+        "epsilon_high": 0.28,
+        "dynamic_sampling": True,
+        "vppo_token_gating": True,
+        "vppo_top_fraction": 0.4,
+        "vppo_advantage_scaling": True,
+        "vppo_beta_min": 0.9,
+        "entropy_original_coef": 0.06,
+        "mask_per": "response",
+        "mask_ratio": 0.5,
+    },
+    "pgpo": {
+        "perception_kl_coef": 0.0,
+        "collapse_guard": "off",
+        "beta": 0.0,
+        "epsilon_high": 0.28,
+        "dynamic_sampling": True,
+        "pgpo": True,
+        "pgpo_tau": 0.4,
+        "pgpo_beta": 2.0,
+    },
+    "noisyrollout": {
+        "perception_kl_coef": 0.0,
+        "collapse_guard": "off",
+        "noisy_rollout": True,
+        "noisy_rollout_max_step": 500,
+        "noisy_rollout_decay": "sigmoid",
+        "noisy_rollout_decay_coef": 30.0,
+        # the released midpoint, 40 of 60 steps, at this run's length
+        "noisy_rollout_decay_mid_step": lambda config: round(config.rl_steps * 40 / 60),
+    },
 }
-BASELINE_OF = {"papo-g": "grpo", "papo-g-high": "grpo", "papo-d": "dapo"}
 
 
 @dataclass
@@ -170,7 +207,7 @@ def train_command(
         "learning_rate": config.learning_rate,
         "save_strategy": "steps",
         "save_steps": config.eval_every,
-        **METHODS[method],
+        **{name: value(config) if callable(value) else value for name, value in METHODS[method].items()},
     }
     command = ["papo", "train", "--config", "demo"]
     for name, value in flags.items():
@@ -453,16 +490,27 @@ def export_assets(
     }
     skipped = ("metrics.jsonl", "wall_seconds.json", "training_args.bin", "train.log")
 
+    # The card and the resolved config name the paths of this machine's run: ship them as the package's own
+    # (the warm start asset) and as the default output folder of the experiment.
+    shipped_base = str(embedded.WARM_START_ASSET.relative_to(embedded.ASSETS_DIR.parents[1]))
+    local_paths = {str(warm_start.resolve()): shipped_base, str(warm_start): shipped_base}
+    local_paths[str(Path(config.out).resolve())] = "outputs/mini_repro"
+    local_paths[str(Path(config.out))] = "outputs/mini_repro"
+
     def copy_from(source: Path) -> Callable[[Path], None]:
         def write(folder: Path) -> None:
             for path in source.iterdir():
                 if path.is_file() and path.name not in skipped:
                     shutil.copy2(path, folder / path.name)
+            for name in ("README.md", "papo_config.yaml"):
+                if (folder / name).exists():
+                    text = (folder / name).read_text()
+                    for local, shipped in sorted(local_paths.items(), key=lambda kv: -len(kv[0])):
+                        text = text.replace(local, shipped)
+                    (folder / name).write_text(text)
             if (folder / "adapter_config.json").exists():
                 adapter_config = json.loads((folder / "adapter_config.json").read_text())
-                adapter_config["base_model_name_or_path"] = str(
-                    embedded.WARM_START_ASSET.relative_to(embedded.ASSETS_DIR.parents[1])
-                )
+                adapter_config["base_model_name_or_path"] = shipped_base
                 (folder / "adapter_config.json").write_text(
                     json.dumps(adapter_config, indent=2, sort_keys=True) + "\n"
                 )

@@ -42,8 +42,9 @@ class InvalidRowError(ValueError):
         self.row, self.field, self.reason, self.row_id = row, field, reason, row_id
         where = f"row {row}" + (f" (id={row_id!r})" if row_id is not None else "")
         super().__init__(
-            f"Invalid dataset {where}, field '{field}': {reason}. Fix the data, or pass skip_invalid=True "
-            "(CLI: --skip_invalid) to skip invalid rows and count them."
+            f"Invalid dataset {where}, field '{field}': {reason}. Fix the data, or skip invalid rows and "
+            "count them: --skip_invalid (papo train, papo check-data), leave out --fail_on_invalid (papo eval), "
+            "skip_invalid=True (Python)."
         )
 
 

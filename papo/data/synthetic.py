@@ -30,8 +30,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -511,24 +509,8 @@ def save_synthetic_dataset(output_dir: str | os.PathLike[str], **kwargs: Any) ->
         raise FileExistsError(
             f"output_dir {str(target)!r} exists and is not a saved dataset; not replacing it"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        dataset.save_to_disk(str(tmp))
-        if target.exists():
-            # os.replace cannot overwrite a non-empty directory: move the old one aside first, then drop it.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "dataset")
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(old / "dataset", target)  # put the previous dataset back before bailing out
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    from papo.files import write_dir_atomically
+
+    # Replaced only once the new one is saved; on failure the previous dataset stays (papo.files).
+    write_dir_atomically(target, lambda tmp: dataset.save_to_disk(str(tmp)))
     return dataset

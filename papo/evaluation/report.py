@@ -29,11 +29,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from papo.files import write_bytes_atomically, write_file_atomically
 
 # Table 1's grouping (spec §5). The paper's "Overall" is the mean over all nine benchmarks.
 #
@@ -453,27 +453,6 @@ def seed_spread_markdown(spreads: Mapping[str, Any], label: str, digits: int = 2
 # --------------------------------------------------------------------------------------------------------
 
 
-def _default_file_mode() -> int:
-    """0o666 minus the umask: what ``open(path, "w")`` would give (``mkstemp`` files are 0o600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def plot_comparison(
     runs: Mapping[str, Mapping[str, float]],
     path: str | os.PathLike,
@@ -488,13 +467,11 @@ def plot_comparison(
     band. With a `comparison` (:func:`paired_comparison`), the `candidate` run's bars for each compared benchmark
     and Overall carry error bars: the CI of the paired difference placed on the candidate's accuracy, so a bar
     whose error bar reaches the baseline's height is a difference inside the noise. Rendered with matplotlib's Agg canvas (no display, no pyplot global state) and written
-    atomically (temporary file + ``os.replace``). Needs ``matplotlib`` (not a core dependency).
+    atomically (`papo.files.write_file_atomically`).
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError("plot_comparison needs matplotlib: pip install matplotlib") from err
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     if not runs:
         raise ValueError("plot_comparison: no runs given")
 
@@ -560,18 +537,7 @@ def plot_comparison(
         default_title += f"; error bars: {comparison['confidence']:.0%} CI of the paired difference"
     ax.set_title(title or default_title, fontsize=10)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_file_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _json_default(obj: Any) -> Any:
@@ -601,8 +567,7 @@ def write_report(
     ``results.json`` holds ``{"units": "percent", "groups": <grouping>, "baseline": ..., "runs": {label:
     summarize(...)}, "relative_gain": {label: relative_gain(baseline, run)}}`` (``relative_gain`` only with a
     baseline) with ``extra``'s keys merged in at the top level; a key of ``extra`` that collides with one of
-    those raises ``ValueError``. If matplotlib is missing the plot is skipped with a warning and the reason is
-    recorded under ``"plot_skipped"``. Returns ``{"json": ..., "markdown": ..., "plot": ...}`` paths.
+    those raises ``ValueError``. Returns ``{"json": ..., "markdown": ..., "plot": ...}`` paths.
     """
     if not runs:
         raise ValueError("write_report: no runs given")
@@ -626,27 +591,21 @@ def write_report(
             if label != baseline
         }
     extra = dict(extra or {})
-    clash = sorted(
-        set(extra) & (set(payload) | {"relative_gain", "plot_skipped", "comparison", "seed_spread"})
-    )
+    clash = sorted(set(extra) & (set(payload) | {"relative_gain", "comparison", "seed_spread"}))
     if clash:
         raise ValueError(f"write_report: extra keys {clash} collide with the report's own keys")
     paths: dict[str, Path] = {}
     if len(runs) >= 2:
-        try:
-            paths["plot"] = plot_comparison(
-                runs, output_dir / "comparison.png", groups, comparison=comparison, candidate=candidate
-            )
-        except ImportError as err:
-            warnings.warn(f"comparison.png not written: {err}", stacklevel=2)
-            payload["plot_skipped"] = str(err)
+        paths["plot"] = plot_comparison(
+            runs, output_dir / "comparison.png", groups, comparison=comparison, candidate=candidate
+        )
     payload.update(extra)
     text = json.dumps(payload, indent=2, ensure_ascii=False, default=_json_default) + "\n"
-    paths["json"] = _atomic_write_bytes(output_dir / "results.json", text.encode("utf-8"))
+    paths["json"] = write_bytes_atomically(output_dir / "results.json", text.encode("utf-8"))
     table = markdown_table(runs, groups, baseline)
     if comparison is not None and baseline is not None and candidate is not None:
         table += "\n" + comparison_markdown(comparison, baseline, candidate)
     if seeds is not None:
         table += "\n" + seed_spread_markdown(seeds, candidate or "this run")
-    paths["markdown"] = _atomic_write_bytes(output_dir / "results.md", table.encode("utf-8"))
+    paths["markdown"] = write_bytes_atomically(output_dir / "results.md", table.encode("utf-8"))
     return dict(sorted(paths.items(), key=lambda kv: ["json", "markdown", "plot"].index(kv[0])))

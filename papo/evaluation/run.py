@@ -13,8 +13,7 @@ sample, extracted answer, correctness, tokens and per-token perception KL), ``re
 from __future__ import annotations
 
 import os
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from papo.analysis import perception_kl_per_token
+from papo.analysis import perception_per_token, token_pieces
 from papo.data.loading import PROMPT_SUFFIX, build_prompt, prepare_papo_dataset
 from papo.generation import generate_completions
 from papo.masking import MaskingConfig
@@ -41,29 +40,59 @@ PREDICTION_FEATURES = datasets.Features(
         "accuracy": datasets.Value("float64"),
         "tokens": datasets.List(datasets.List(datasets.Value("string"))),
         "perception_kl": datasets.List(datasets.List(datasets.Value("float32"))),
+        # d_t per token (papo.followups.visual_dependency): what VPPO gates and PGPO weights by
+        "visual_dependency": datasets.List(datasets.List(datasets.Value("float32"))),
     }
 )
 
 
 @dataclass
 class EvalConfig:
-    """Generation and analysis settings; defaults are the official protocol (avg@8)."""
+    """Generation and analysis settings; defaults are the official protocol (avg@8).
 
-    samples_per_question: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 2048
-    batch_size: int = 8
-    grader: str = "mathruler"
-    seed: int = 0
-    max_questions: int | None = None
-    perception_kl: bool = True
-    kl_estimator: str = "full"
-    kl_threshold: float = 0.1
-    mask_ratio: float = 0.6
-    mask_patch_size: int = 14
-    mask_grid: str = "image"
-    skip_invalid: bool = True
+    `papo eval` takes each field as ``--<name>`` (generated from this class; help from ``metadata``).
+    """
+
+    samples_per_question: int = field(
+        default=8, metadata={"help": "answers sampled per question (avg@k; official 8)", "alias": "--samples"}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (official 1.0)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (official 1.0)"})
+    max_new_tokens: int = field(default=2048, metadata={"help": "answer length limit in tokens"})
+    batch_size: int = field(default=8, metadata={"help": "questions generated at once"})
+    grader: str = field(
+        default="mathruler", metadata={"help": "answer grader", "choices": ("mathruler", "math_verify")}
+    )
+    seed: int = field(default=0, metadata={"help": "sampling and mask seed"})
+    max_questions: int | None = field(default=None, metadata={"help": "first N questions of each set"})
+    perception_kl: bool = field(
+        default=True,
+        metadata={"help": "per-token perception KL vs a masked image (--no_perception_kl skips it)"},
+    )
+    kl_estimator: str = field(
+        default="full",
+        metadata={
+            "help": "per-token KL: full vocabulary, or the training estimators",
+            "choices": ("full", "k1", "k2", "k3"),
+        },
+    )
+    kl_threshold: float = field(
+        default=0.1, metadata={"help": "KL (nats) above which a token counts as image-dependent"}
+    )
+    mask_ratio: float = field(default=0.6, metadata={"help": "share of patches masked (as in training)"})
+    mask_patch_size: int = field(
+        default=14, metadata={"help": "mask patch side in pixels (Qwen2.5-VL 14, Qwen3-VL 16)"}
+    )
+    mask_grid: str = field(
+        default="image",
+        metadata={
+            "help": "mask on the raw image or on the model's resized grid",
+            "choices": ("image", "model"),
+        },
+    )
+    skip_invalid: bool = field(
+        default=True, metadata={"help": "skip and count invalid rows (--fail_on_invalid stops at the first)"}
+    )
 
     def __post_init__(self):
         for name in ("samples_per_question", "max_new_tokens", "batch_size"):
@@ -109,13 +138,14 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         show_progress=True,
     )
     kls: list[list[float]] = [[] for _ in outputs]
+    dependencies: list[list[float]] = [[] for _ in outputs]
     if config.perception_kl:
-        kls = []
+        kls, dependencies = [], []
         starts = range(0, len(outputs), config.batch_size)
         for start in tqdm(starts, desc=f"Perception KL [{name}]", unit="batch"):
             chunk = slice(start, start + config.batch_size)
             rows = range(len(outputs))[chunk]
-            kls += perception_kl_per_token(
+            both = perception_per_token(
                 model,
                 processor,
                 [prompts[i // k] for i in rows],
@@ -125,6 +155,8 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
                 seed=config.seed,
                 estimator=config.kl_estimator,
             )
+            kls += both["perception_kl"]
+            dependencies += both["visual_dependency"]
 
     records = {key: [] for key in PREDICTION_FEATURES}
     first_images = [embedded_image(images[0]) for images in _undecoded_images(dataset)]
@@ -142,8 +174,10 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         records["extracted"].append(extracted)
         records["correct"].append(correct)
         records["accuracy"].append(sum(correct) / k)
-        records["tokens"].append([processor.tokenizer.convert_ids_to_tokens(ids) for _, ids in samples])
+        # the text each token adds (papo.analysis.token_pieces): "".join(pieces) is the answer
+        records["tokens"].append([token_pieces(processor.tokenizer, ids) for _, ids in samples])
         records["perception_kl"].append(kls[q * k : (q + 1) * k])
+        records["visual_dependency"].append(dependencies[q * k : (q + 1) * k])
     predictions = datasets.Dataset.from_dict(records, features=PREDICTION_FEATURES)
     all_kl = torch.tensor([v for sample in kls for v in sample]) if config.perception_kl else torch.tensor([])
     summary = {
@@ -156,6 +190,7 @@ def evaluate_benchmark(model, processor, dataset: datasets.Dataset, name: str, c
         summary["perception_kl_mean"] = float(all_kl.mean())
         summary["perception_kl_share_above"] = float((all_kl > config.kl_threshold).float().mean())
         summary["perception_kl_threshold"] = config.kl_threshold
+        summary["visual_dependency_mean"] = float(torch.tensor([v for s in dependencies for v in s]).mean())
     return predictions, summary
 
 
@@ -177,17 +212,10 @@ def embedded_image(image: dict) -> dict:
 
 
 def write_predictions(predictions: datasets.Dataset, path: Path) -> Path:
-    """Parquet, written to a temp file and renamed: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
-    os.close(fd)
-    try:
-        predictions.to_parquet(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Parquet, written atomically (`papo.files`): a crash never leaves half a file."""
+    from papo.files import write_file_atomically
+
+    return write_file_atomically(path, lambda tmp: predictions.to_parquet(str(tmp)))
 
 
 def protocol(config: EvalConfig) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from benchmarks.mini_repro import run as mini
 from benchmarks.mini_repro.evaluate import blind_images
-from benchmarks.mini_repro.report import mean_std, summarise
+from benchmarks.mini_repro.report import BASELINE_OF, mean_std, summarise
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,23 @@ def test_jobs_run_the_paired_arms_first_and_the_restricted_arm_on_its_seeds():
         ("papo-g-high", 0),
         ("papo-g-high", 2),
     ]
+
+
+@pytest.mark.parametrize("method", ["vppo", "pgpo", "noisyrollout"])
+def test_followup_arms_are_valid_papo_train_commands(method, tmp_path):
+    """Issue 19's arms: each command parses into the method's switches on its baseline arm's settings."""
+    from papo.train import parse_train_args
+
+    config = mini.ExperimentConfig(out=str(tmp_path), rl_steps=60)
+    command = mini.train_command(config, method, 0, tmp_path / "warm", tmp_path / "data")
+    assert command[:2] == ["papo", "train"]
+    _, args, _ = parse_train_args(command[2:])
+    assert BASELINE_OF[method] == ("grpo" if method == "noisyrollout" else "dapo")
+    if method == "vppo":
+        assert args.vppo_token_gating and args.vppo_advantage_scaling and args.mask_per == "response"
+    if method == "pgpo":
+        assert args.pgpo and args.dynamic_sampling and args.beta == 0.0
+    if method == "noisyrollout":
+        assert (
+            args.noisy_rollout and args.noisy_rollout_decay_mid_step == 40 and args.num_generations % 2 == 0
+        )

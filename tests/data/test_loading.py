@@ -220,6 +220,7 @@ def _png_claiming_size(width: int, height: int) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 def test_fuzz_broken_rows_never_crash_and_are_counted_exactly(tmp_path, capsys):
     """N broken rows of every kind (plus a decompression-bomb image and a text-only row), shuffled among
     good rows: preparing skips exactly them, and a training run on the result does not crash."""

@@ -201,6 +201,7 @@ def fingerprint():
 """
 
 
+@pytest.mark.slow
 def test_deterministic_across_processes() -> None:
     """A fresh interpreter with another hash seed must draw the same data (no hash()/set-order leaks)."""
     namespace: dict = {}
@@ -220,6 +221,7 @@ def _samples(task: str, n: int = 60, sizes: tuple[int, ...] = (32, 64, 100)):
             yield size, TASKS[task](random.Random(f"test/{task}/{size}/{i}"), size)
 
 
+@pytest.mark.slow
 def test_count_shapes_is_truthful() -> None:
     for size, sample in _samples("count_shapes"):
         truth = sample.truth

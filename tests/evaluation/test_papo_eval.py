@@ -346,3 +346,20 @@ def test_compare_reports_paired_cis_mcnemar_and_q_values(snapshot, tmp_path, tin
         "Seed spread of new over 2 runs (seed 0, seed 1)" in table
         and "| Counting | 2 | 100.00 | 0.00 |" in table
     )
+
+
+def test_check_data_reads_eval_sets_as_papo_eval_does(snapshot, tmp_path, monkeypatch, capsys):
+    from papo.cli import main
+
+    monkeypatch.setenv("PAPO_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(UserWarning):  # the toy splits are not the published sizes
+        assert main(["check-data", str(snapshot)]) == 0
+    out = capsys.readouterr().out
+    assert "3/3 rows valid" in out and "2/2 rows valid" in out
+    path = _write_json(tmp_path / "json", "./data/images/clevr/0.png")
+    assert main(["check-data", str(path)]) == 2  # the image is missing: the hint names a real flag
+    assert "--image_dir" in capsys.readouterr().err
+    (tmp_path / "imgs" / "clevr").mkdir(parents=True)
+    (tmp_path / "imgs" / "clevr" / "0.png").write_bytes(png_bytes(1))
+    assert main(["check-data", str(path), "--image_dir", str(tmp_path / "imgs")]) == 0
+    assert "1/1 rows valid" in capsys.readouterr().out

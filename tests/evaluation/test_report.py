@@ -297,7 +297,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_comparison_writes_png(tmp_path):
-    pytest.importorskip("matplotlib")
     runs = {name: TABLE1[name] for name in ("GRPO-7B", "PAPO_G-7B", "DAPO-7B", "PAPO_D-7B")}
     path = plot_comparison(runs, tmp_path / "sub" / "cmp.png", title="Table 1, 7B")
     data = path.read_bytes()
@@ -309,17 +308,7 @@ def test_plot_comparison_writes_png(tmp_path):
 def test_write_report_files_and_json_round_trip(tmp_path):
     runs = {"GRPO-3B": TABLE1["GRPO-3B"], "PAPO_G-3B": TABLE1["PAPO_G-3B"]}
     extra = {"label": "PAPO_G-3B", "protocol": {"k": 8, "temperature": 1.0}, "out": tmp_path / "x"}
-    try:
-        import matplotlib  # noqa: F401
-
-        has_mpl = True
-    except ImportError:
-        has_mpl = False
-    if has_mpl:
-        paths = write_report(tmp_path, runs, baseline="GRPO-3B", extra=extra)
-    else:
-        with pytest.warns(UserWarning, match="comparison.png not written"):
-            paths = write_report(tmp_path, runs, baseline="GRPO-3B", extra=extra)
+    paths = write_report(tmp_path, runs, baseline="GRPO-3B", extra=extra)
     assert paths["json"] == tmp_path / "results.json" and paths["markdown"] == tmp_path / "results.md"
     for path in paths.values():
         assert path.is_file() and path.stat().st_size > 0
@@ -332,10 +321,7 @@ def test_write_report_files_and_json_round_trip(tmp_path):
     assert loaded["out"] == str(tmp_path / "x")
     assert loaded["groups"] == TABLE1_GROUPS
     assert paths["markdown"].read_text() == markdown_table(runs, baseline="GRPO-3B")
-    if has_mpl:
-        assert paths["plot"].read_bytes().startswith(PNG_SIGNATURE)
-    else:
-        assert "plot" not in paths and "matplotlib" in loaded["plot_skipped"]
+    assert paths["plot"].read_bytes().startswith(PNG_SIGNATURE)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
     umask = os.umask(0)
     os.umask(umask)

@@ -83,6 +83,10 @@ def test_accuracy_matches_a_hand_count(tmp_path, tiny_model_dirs, monkeypatch):
     assert predictions["correct"] == [[True, True], [True, False], [False, False]]
     assert predictions["extracted"][2] == [None, "24"]
     assert [len(kl) for kl in predictions["perception_kl"][0]] == [len(t) for t in predictions["tokens"][0]]
+    # d_t (VPPO/PGPO's quantity) next to the full-vocabulary KL, token for token
+    assert [len(d) for d in predictions["visual_dependency"][0]] == [len(t) for t in predictions["tokens"][0]]
+    assert all(0 <= v <= 10 for sample in predictions["visual_dependency"][0] for v in sample)
+    assert "visual_dependency_mean" in summary
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["benchmarks"]["fixture_bench"]["accuracy"] == pytest.approx(HAND_COUNT)
     assert results["protocol"]["samples_per_question"] == 2

@@ -126,6 +126,7 @@ def eval_run_dir(tmp_path_factory) -> Path:
             rows["accuracy"].append(0.5)
             rows["tokens"].append([["\\boxed{", colour, "}"], ["no", " idea"]])
             rows["perception_kl"].append([[0.015625, 0.875, 0.03125], [0.0, 0.125]])  # exact in float32
+            rows["visual_dependency"].append([[0.0078125, 0.5, 0.015625], [0.0, 0.0625]])
         datasets.Dataset.from_dict(rows, features=features).to_parquet(
             out / "predictions" / f"{benchmark}.parquet"
         )

@@ -8,11 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import evaluate  # a dependency: a missing one must fail, not skip
 import pytest
 
 from papo.metrics import PAPO_ACCURACY_METRIC_PATH
-
-evaluate = pytest.importorskip("evaluate")
 
 CASES = [
     # (completion, ground truth, correct?)
@@ -74,6 +73,7 @@ def test_unknown_grader_is_rejected(metric):
         metric.compute(predictions=["\\boxed{1}"], references=["1"], grader="exact")
 
 
+@pytest.mark.slow
 def test_loads_offline_in_a_fresh_process(tmp_path):
     """HF_HUB_OFFLINE / HF_EVALUATE_OFFLINE, an empty HOME and HF_HOME; both the folder and the .py path."""
     home = tmp_path / "home"

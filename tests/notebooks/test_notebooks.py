@@ -242,3 +242,51 @@ def test_notebook_structure(path):
                 ast.parse(transform(source))
             except SyntaxError as err:
                 pytest.fail(f"{path.name} cell {index}: {err}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_install_cell_needs_the_repo_and_installs_from_it(path, monkeypatch):
+    import subprocess
+
+    nb = nbformat.read(path, as_version=4)
+    install = next(
+        c.source
+        for c in nb.cells
+        if c.cell_type == "code" and "subprocess.run" in c.source and "if INSTALL" in c.source
+    )
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: ran.append(command))
+    placeholder = {"INSTALL": True, "REPO": "YOUR-ORG/papo-hub", "PAPO_PIP_SPEC": None}
+    with pytest.raises(ValueError, match=r"Set REPO in the Parameters cell to the GitHub OWNER/NAME"):
+        exec(install, dict(placeholder))
+    exec(install, {**placeholder, "REPO": "alice/papo-hub"})
+    exec(install, {**placeholder, "PAPO_PIP_SPEC": "papo-hub==0.3.0"})
+    assert [command[-1] for command in ran] == [
+        "papo-hub @ git+https://github.com/alice/papo-hub",
+        "papo-hub==0.3.0",
+    ]
+
+
+def test_set_repo_points_badges_and_install_at_the_repository(tmp_path):
+    import shutil
+
+    sys.path.insert(0, str(NOTEBOOK_DIR))
+    try:
+        from set_repo import set_repo
+    finally:
+        sys.path.remove(str(NOTEBOOK_DIR))
+    for path in NOTEBOOKS:
+        shutil.copy(path, tmp_path / path.name)
+    assert len(set_repo("alice/papo-hub", tmp_path)) == len(NOTEBOOKS)
+    for path in NOTEBOOKS:
+        text = (tmp_path / path.name).read_text()
+        assert "github/YOUR-ORG" not in text and "github.com/YOUR-ORG" not in text
+        assert f"github/alice/papo-hub/blob/main/notebooks/{path.name}" in text or (
+            f"github.com/alice/papo-hub/blob/main/notebooks/{path.name}" in text
+        )
+        nb = nbformat.read(tmp_path / path.name, as_version=4)
+        parameters = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert 'REPO = "alice/papo-hub"' in parameters
+    assert set_repo("bob/papo", tmp_path) and set_repo("bob/papo", tmp_path) == []  # re-target; idempotent
+    with pytest.raises(ValueError, match="OWNER/NAME"):
+        set_repo("not a repo", tmp_path)

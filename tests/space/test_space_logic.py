@@ -263,16 +263,6 @@ def test_settings_are_checked(kwargs, message):
         ps.Settings.checked(**values, max_tokens_limit=64)
 
 
-def test_token_pieces_rebuild_the_text_and_keep_characters_whole(models):
-    tokenizer = models.processor.tokenizer
-    text = "Réponse: 3 ≤ 4 \\boxed{3}"
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    pieces = ps.token_pieces(tokenizer, ids)
-    assert len(pieces) == len(ids) and "".join(pieces) == text
-    assert "\ufffd" not in "".join(pieces)
-    assert ps.readable(" a\nb\x07") == "␣a↵b␇" and ps.readable("") == "∅"
-
-
 # --- the comparison ----------------------------------------------------------------------------------
 
 
@@ -292,6 +282,9 @@ def test_compare_gives_both_answers_with_aligned_kl_and_the_training_mask(models
             == len(answer["raw_tokens"])
         )
         assert all(v >= 0 for v in answer["kl"]) and max(answer["kl"]) > 0
+        # d_t next to the full-vocabulary KL, token for token (what VPPO / PGPO act on)
+        assert len(answer["visual_dependency"]) == len(answer["kl"])
+        assert all(0 <= v <= 10 for v in answer["visual_dependency"]) and answer["mean_dependency"] >= 0
         assert answer["correct"] is False  # the embedded models never write "Mar" in a box
         assert len(answer["top_tokens"]) == min(ps.TOP_K, len(answer["kl"]))
     # The adapter changes the model: on this off-task question the sampled tokens may coincide, the
