@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "push",
-        help="push an adapter or eval predictions to the Hub in one commit: `papo push adapter DIR --repo-id ID`, "
-        "`papo push eval DIR --repo-id ID` (--dry-run DIR writes the repo folder only)",
+        help="push an adapter, eval predictions or the comparison Space to the Hub in one commit: `papo push "
+        "adapter DIR --repo-id ID`, `papo push eval DIR --repo-id ID`, `papo push space --repo-id ID --adapter "
+        "ADAPTER_ID` (--dry-run DIR writes the repo folder only)",
         add_help=False,
     )
     ev = sub.add_parser("eval", help="evaluate a model (+ PEFT adapter) with the paper's avg@k protocol")

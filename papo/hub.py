@@ -11,6 +11,8 @@ Two steps each, so that what is pushed can be inspected first (`papo push ... --
   skipped by ``huggingface_hub``; when nothing changed at all no commit is made and the URL of the current head
   commit is returned.
 
+``papo.hub_space`` builds and pushes the comparison Space (``papo push space``) with the same transport.
+
 Pushing retries transient failures (HTTP 408/429/5xx, connection errors) with exponential backoff, and turns
 HTTP 401/403 into a ``HubAuthError`` whose message says how to log in. The token is taken from the ``token``
 argument, else from huggingface_hub itself (``HF_TOKEN``, or the token stored by ``hf auth login``); it is
@@ -532,18 +534,43 @@ def _push_folder(
     commit_message: str,
     retries: int = 3,
     retry_base_delay: float = 2.0,
+    create_kwargs: dict | None = None,
 ) -> str:
-    """Mirror ``folder`` into the repo in one commit, with retries; returns the commit URL."""
+    """Mirror ``folder`` into the repo in one commit, with retries; returns the commit URL.
+
+    ``create_kwargs``: extra arguments of ``HfApi.create_repo`` (a Space's ``space_sdk``)."""
+    local_files = _list_files(folder)
+    _refuse_if_contains(folder, local_files, token or _stored_token())
+    push = partial(
+        _push_once, folder, local_files, repo_id, repo_type, private, token, commit_message, create_kwargs
+    )
+    return _with_retries(push, repo_id, token=token, retries=retries, retry_base_delay=retry_base_delay)
+
+
+def _stored_token() -> str | None:
     from huggingface_hub import get_token
+
+    return get_token()
+
+
+def _with_retries(
+    call: Callable[[], Any],
+    repo_id: str,
+    *,
+    token: str | None,
+    retries: int = 3,
+    retry_base_delay: float = 2.0,
+    what: str = "push to",
+) -> Any:
+    """``call()`` with retries of transient failures; HTTP 401/403 -> ``HubAuthError`` saying how to log in,
+    offline mode -> ``HubPushError``; the token never appears in a message."""
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    local_files = _list_files(folder)
-    resolved_token = token or get_token()
-    _refuse_if_contains(folder, local_files, resolved_token)
+    resolved_token = token or _stored_token()
     tries = max(1, int(retries))
     for attempt in range(1, tries + 1):
         try:
-            return _push_once(folder, local_files, repo_id, repo_type, private, token, commit_message)
+            return call()
         except OfflineModeIsEnabled:
             raise HubPushError(
                 f"cannot push {repo_id}: offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set); "
@@ -561,10 +588,11 @@ def _push_folder(
                 raise
             message = _redact(f"{type(exc).__name__}: {exc}".splitlines()[0], resolved_token)
             if attempt == tries:
-                raise HubPushError(f"push to {repo_id} failed after {tries} tries: {message}") from None
+                raise HubPushError(f"{what} {repo_id} failed after {tries} tries: {message}") from None
             delay = retry_base_delay * 2 ** (attempt - 1)
             logger.warning(
-                "push to %s: try %d/%d failed (%s); retrying in %.3g s",
+                "%s %s: try %d/%d failed (%s); retrying in %.3g s",
+                what,
                 repo_id,
                 attempt,
                 tries,
@@ -583,12 +611,13 @@ def _push_once(
     private: bool,
     token: str | None,
     commit_message: str,
+    create_kwargs: dict | None = None,
 ) -> str:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
 
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **(create_kwargs or {}))
     if private:
         info = api.repo_info(repo_id, repo_type=repo_type)
         if info.private is False:
@@ -746,7 +775,10 @@ def _scrub_local_paths(value: Any) -> Any:
 
 
 # The files a build writes or rewrites (tokenizer vocabularies and model outputs may hold any string).
-_WRITTEN_FILES = ("README.md", "adapter_config.json", "papo_config.yaml", "results.json", "results.md")
+_WRITTEN_FILES = (
+    *("README.md", "adapter_config.json", "papo_config.yaml", "results.json", "results.md"),
+    "examples/examples.json",  # a Space's examples (papo.hub_space)
+)
 
 
 def _refuse_local_paths(folder: Path, source: Path) -> None:
@@ -1253,7 +1285,8 @@ def _tidy(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="papo push",
-        description="Push a PAPO adapter or eval predictions to the Hugging Face Hub. The token comes from "
+        description="Push a PAPO adapter, eval predictions or the comparison Space to the Hugging Face Hub. "
+        "The token comes from "
         "HF_TOKEN or `hf auth login` (never from the command line).",
     )
     sub = parser.add_subparsers(dest="what", required=True)
@@ -1270,7 +1303,41 @@ def main(argv: list[str] | None = None) -> int:
     evals.add_argument("--model", default=None)
     evals.add_argument("--adapter", default=None)
     evals.add_argument("--license", default="mit")
-    for p in (adapter, evals):
+    space = sub.add_parser(
+        "space",
+        help="deploy the comparison Space (baseline vs base + adapter, per-token perception KL) as a Gradio Space",
+    )
+    space.add_argument("--repo-id", required=True, help="the Space, e.g. your-name/papo-demo")
+    space.add_argument("--base-model", default=None, help="Hub id of the base model (default: the adapter's)")
+    space.add_argument(
+        "--adapter",
+        default=None,
+        help="Hub id of the PAPO adapter (papo push adapter); none: the embedded demo pair",
+    )
+    space.add_argument(
+        "--eval-dataset",
+        default=None,
+        help="the adapter's eval predictions (papo push eval): the examples are its questions where the models "
+        "differ most",
+    )
+    space.add_argument(
+        "--baseline-eval-dataset",
+        default=None,
+        help="the base model's eval predictions: with --eval-dataset, 'differ most' = per-question accuracy",
+    )
+    space.add_argument(
+        "--hardware",
+        default=None,
+        help="request this hardware, e.g. zero-a10g, t4-small (omitted: left as it is)",
+    )
+    space.add_argument(
+        "--load-in-4bit", action="store_true", help="set PAPO_LOAD_IN_4BIT (QLoRA-style NF4 base)"
+    )
+    space.add_argument(
+        "--dtype", default=None, help="set PAPO_DTYPE: bfloat16, float16, float32 (default auto)"
+    )
+    space.add_argument("--device", default=None, help="set PAPO_DEVICE (default: cuda if available)")
+    for p in (adapter, evals, space):
         p.add_argument("--private", action="store_true", help="create the repo private")
         p.add_argument("--dry-run", default=None, metavar="DIR", help="only build the repo folder in DIR")
         p.add_argument("--commit-message", default=None)
@@ -1292,6 +1359,27 @@ def main(argv: list[str] | None = None) -> int:
                 license=args.license,
                 **common,
             )
+        elif args.what == "space":
+            from papo.hub_space import push_space
+
+            pushed = push_space(
+                args.repo_id,
+                base_model=args.base_model,
+                adapter=args.adapter,
+                eval_dataset=args.eval_dataset,
+                baseline_eval_dataset=args.baseline_eval_dataset,
+                hardware=args.hardware,
+                load_in_4bit=args.load_in_4bit,
+                dtype=args.dtype,
+                device=args.device,
+                **common,
+            )
+            result = pushed.get("folder") or pushed["url"]
+            settings = [f"{k}={v}" for k, v in pushed["variables"].items()]
+            if pushed["hardware"]:
+                settings.append(f"hardware {pushed['hardware']}")
+            verb = "to set" if args.dry_run else "set"
+            print(f"Space settings {verb}: {', '.join(settings) or 'none (the embedded demo pair)'}")
         else:
             result = push_eval(
                 args.eval_dir,

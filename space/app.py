@@ -18,6 +18,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # papo_space, when started from another directory
 
+from papo_space import use_shipped_wheel  # noqa: E402
+
+# A Space built by `papo push space` runs the papo-hub wheel shipped next to this file (before papo is imported).
+SHIPPED_PAPO = use_shipped_wheel()
+
 from papo_space import (  # noqa: E402
     LABELS,
     SIDES,
@@ -308,8 +313,7 @@ def build_demo(models: Models, examples: list[Example] | None = None) -> gr.Bloc
                     gr.Examples(
                         examples=[[e.image, e.question, e.reference] for e in examples],
                         inputs=[image, question, reference],
-                        label="Examples (click one): held-out handwritten-digit questions (the first ones: the two models "
-                        "answer differently), then three drawn figures",
+                        label=examples_label(examples),
                         examples_per_page=len(examples),
                         visible_columns=[0],  # a gallery of thumbnails; a click fills all three inputs
                         cache_examples=False,
@@ -379,10 +383,30 @@ def build_demo(models: Models, examples: list[Example] | None = None) -> gr.Bloc
     return demo
 
 
+def examples_label(examples: list[Example]) -> str:
+    """The gallery's caption, by where its examples come from (`Example.source`)."""
+    sources = {e.source.split(":")[0] for e in examples}
+    if sources == {"eval"}:
+        return (
+            "Examples (click one): evaluation questions on which the two models' answers differed most "
+            "(from the published eval predictions)"
+        )
+    if sources == {"bundled"}:
+        return "Examples (click one): three drawn figures"
+    return (
+        "Examples (click one): held-out handwritten-digit questions (the first ones: the two models "
+        "answer differently), then three drawn figures"
+    )
+
+
 def launch_kwargs(config: SpaceConfig) -> dict:
     return {
         "max_file_size": f"{config.max_file_mb}mb",
-        "allowed_paths": [str(config.cache_dir / "examples")],
+        # the gallery's images: drawn into the cache, or shipped next to the app by `papo push space`
+        "allowed_paths": [
+            str(config.cache_dir / "examples"),
+            str(Path(__file__).resolve().parent / "examples"),
+        ],
         "show_error": True,
         "state_session_capacity": STATE_SESSIONS,
     }
@@ -395,6 +419,8 @@ def queue(demo: gr.Blocks, config: SpaceConfig) -> gr.Blocks:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if SHIPPED_PAPO is not None:
+        logger.info("papo-hub from the shipped wheel, extracted in %s", SHIPPED_PAPO)
     config = SpaceConfig.from_env()
     models = Models(config)
     zero_gpu = spaces is not None and os.environ.get("SPACES_ZERO_GPU")

@@ -12,11 +12,18 @@ It implements only what ``huggingface_hub`` 2.x calls to create a repo and make 
 - ``POST /api/{type}s/{ns}/{name}/commit/{rev}``   -> applies the NDJSON header / file (base64) /
   deletedFile lines, returns ``{"commitUrl", "commitOid"}``
 - ``GET  /api/whoami-v2``, and ``GET /api/agent-harnesses`` (the client's telemetry registry: empty)
+- ``HEAD|GET /[{type}s/]{ns}/{name}/resolve/{rev}/{path}`` -> a file (``hf_hub_download``): ``X-Repo-Commit``,
+  ``ETag`` = its git blob oid, ``Content-Length``; 404 with ``X-Error-Code`` RepoNotFound / EntryNotFound
+- Spaces (``HfApi.get_space_variables`` / ``add_space_variable`` / ``delete_space_variable`` /
+  ``request_space_hardware`` / ``get_space_runtime``): ``GET|POST|DELETE /api/spaces/{ns}/{name}/variables``
+  -> ``{key: {"value", "description"?, "updatedAt"}}``, ``POST /api/spaces/{ns}/{name}/hardware`` and
+  ``GET /api/spaces/{ns}/{name}/runtime`` -> ``{"stage", "hardware": {"current", "requested"}}``
 
 Every request needs ``Authorization: Bearer <token>`` (else 401 "Invalid credentials"), and
 ``fail_next(route, n, status)`` makes the next ``n`` requests of a route fail (503 by default) to test
 retries. Repos are kept in memory: ``hub.repo(repo_id, "dataset").files`` maps paths to bytes and
-``.commits`` lists every commit with its additions and deletions.
+``.commits`` lists every commit with its additions and deletions; a Space's ``.variables`` maps keys to values
+and ``.hardware`` is the requested hardware (``.sdk``: the SDK it was created with).
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ class Repo:
     private: bool
     files: dict[str, bytes] = field(default_factory=dict)
     commits: list[Commit] = field(default_factory=list)
+    sdk: str | None = None  # Spaces only, as for the fields below
+    variables: dict[str, str] = field(default_factory=dict)
+    hardware: str | None = None
 
     @property
     def head(self) -> str:
@@ -86,7 +96,7 @@ class FakeHub:
 
     def fail_next(self, route: str, times: int = 1, status: int = 503) -> None:
         """Answer the next ``times`` requests of ``route`` (create, info, tree, preupload, commit,
-        validate-yaml, whoami) with ``status``."""
+        validate-yaml, whoami, resolve, variables, hardware, runtime) with ``status``."""
         with self._lock:
             self._failures.setdefault(route, []).extend([status] * times)
 
@@ -142,6 +152,10 @@ class FakeHub:
         return commit
 
 
+_RESOLVE_ROUTE = re.compile(
+    r"^/(?:(?P<kind>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
+)
+_SPACE_ROUTE = re.compile(r"^/api/spaces/(?P<repo>[^/]+/[^/]+)/(?P<action>variables|hardware|runtime)$")
 _REPO_ROUTE = re.compile(
     r"^/api/(?P<kind>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)"
     r"(?:/(?P<action>tree|preupload|commit|revision)/(?P<rev>[^/]+)(?P<rest>/.*)?)?$"
@@ -156,15 +170,19 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     # --- plumbing -----------------------------------------------------------------------------------------
-    def _reply(self, status: int, payload=None, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(payload if payload is not None else {}).encode()
+    def _reply(
+        self, status: int, payload=None, headers: dict[str, str] | None = None, raw: bytes | None = None
+    ):
+        body = raw if raw is not None else json.dumps(payload if payload is not None else {}).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        content_type = "application/octet-stream" if raw is not None else "application/json"
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
         self.state.requests.append((self.command, urlsplit(self.path).path, status))
 
     def _error(self, status: int, message: str, code: str | None = None) -> None:
@@ -188,9 +206,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch("POST")
 
+    def do_HEAD(self):
+        self._dispatch("HEAD")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
     def _dispatch(self, method: str) -> None:
         try:
-            body = self._body() if method == "POST" else b""
+            body = self._body() if method in ("POST", "DELETE") else b""
         except ValueError as exc:
             self.close_connection = True
             return self._error(413, str(exc))
@@ -219,6 +243,18 @@ class _Handler(BaseHTTPRequestHandler):
             return "validate-yaml", self._validate_yaml, {}
         if method == "GET" and path == "/api/whoami-v2":
             return "whoami", self._whoami, {}
+        match = _RESOLVE_ROUTE.match(path)
+        if match and method in ("GET", "HEAD"):
+            args = {"repo_type": REPO_TYPES.get(match["kind"] or "", "model"), "repo_id": match["repo"]}
+            return "resolve", self._resolve, {**args, "rev": match["rev"], "path": match["path"]}
+        match = _SPACE_ROUTE.match(path)
+        if match:
+            action, args = match["action"], {"repo_id": match["repo"]}
+            if action == "variables" and method in ("GET", "POST", "DELETE"):
+                return "variables", self._variables, {**args, "method": method}
+            if (action, method) in (("hardware", "POST"), ("runtime", "GET")):
+                return action, getattr(self, f"_{action}"), args
+            return None, None, {}
         match = _REPO_ROUTE.match(path)
         if not match:
             return None, None, {}
@@ -249,7 +285,12 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"You already created this {repo_type} repo"
             url = self.state._url(self.state.repos[key])
             return self._reply(409, {"error": message, "url": url}, {"X-Error-Message": message})
+        if repo_type == "space" and payload.get("sdk") not in ("gradio", "streamlit", "docker", "static"):
+            return self._error(400, "a Space needs an sdk: gradio, streamlit, docker or static")
         repo = Repo(repo_id, repo_type, private=payload.get("visibility") == "private")
+        if repo_type == "space":
+            repo.sdk, repo.hardware = payload["sdk"], payload.get("hardware")
+            repo.variables = {v["key"]: v["value"] for v in payload.get("variables") or []}
         self.state.repos[key] = repo
         self.state._commit(repo, "initial commit", {".gitattributes": GITATTRIBUTES}, [])
         self._reply(200, {"url": self.state._url(repo), "name": repo_id, "id": repo.head})
@@ -348,3 +389,51 @@ class _Handler(BaseHTTPRequestHandler):
                 "pullRequestUrl": None,
             },
         )
+
+    def _resolve(self, body, query, repo_type: str, repo_id: str, rev: str, path: str):
+        repo = self._get_repo(repo_type, repo_id)
+        if repo is None:
+            return
+        if rev not in ("main", repo.head):
+            return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        data = repo.files.get(path)
+        if data is None:
+            return self._error(404, f"{path} does not exist on {rev}", "EntryNotFound")
+        headers = {"X-Repo-Commit": repo.head, "ETag": f'"{git_blob_oid(data)}"'}
+        self._reply(200, headers=headers, raw=data)
+
+    def _space(self, repo_id: str) -> Repo | None:
+        return self._get_repo("space", repo_id)
+
+    def _variables(self, body: bytes, query, repo_id: str, method: str):
+        repo = self._space(repo_id)
+        if repo is None:
+            return
+        if method == "POST":
+            payload = json.loads(body)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(payload.get("key", ""))):
+                return self._error(400, f"invalid variable name {payload.get('key')!r}")
+            repo.variables[payload["key"]] = str(payload.get("value", ""))
+        elif method == "DELETE":
+            repo.variables.pop(json.loads(body)["key"], None)
+        updated = "2026-01-01T00:00:00.000Z"
+        self._reply(200, {k: {"value": v, "updatedAt": updated} for k, v in sorted(repo.variables.items())})
+
+    def _runtime_payload(self, repo: Repo) -> dict:
+        current = repo.hardware or "cpu-basic"
+        return {"stage": "BUILDING", "hardware": {"current": current, "requested": repo.hardware}}
+
+    def _hardware(self, body: bytes, query, repo_id: str):
+        repo = self._space(repo_id)
+        if repo is None:
+            return
+        flavor = json.loads(body).get("flavor")
+        if not flavor:
+            return self._error(400, "flavor is required")
+        repo.hardware = flavor
+        self._reply(200, self._runtime_payload(repo))
+
+    def _runtime(self, body, query, repo_id: str):
+        repo = self._space(repo_id)
+        if repo is not None:
+            self._reply(200, self._runtime_payload(repo))
