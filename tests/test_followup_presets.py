@@ -1,12 +1,10 @@
 """The VPPO, PGPO and NoisyRollout presets (Qwen2.5-VL-3B, LoRA/QLoRA): each carries its paper's settings and
 trains one step through the real `papo train` path on a tiny Qwen2.5-VL (CPU), logging its own metrics."""
 
-import json
-
 import pytest
-from test_presets import CPU_OVERRIDES  # the tiny-model overrides of every preset's CPU run
+from test_presets import run_preset_one_step  # one definition of a preset's CPU step
 
-from papo.train import available_presets, parse_train_args, train
+from papo.train import available_presets, parse_train_args
 
 PRESETS = [
     f"{method}-qwen2.5vl-3b-{kind}"
@@ -52,21 +50,7 @@ def test_preset_trains_one_step_on_a_tiny_model(preset, tiny_model_dirs, preset_
     _check_paper_settings(preset, training_args, model_args)
 
     out = tmp_path / "run"
-    argv = [
-        "--config",
-        preset,
-        "--model_name_or_path",
-        tiny_model_dirs["qwen2_5_vl"],
-        "--dataset_name",
-        str(preset_data),
-    ]
-    script_args, training_args, model_args = parse_train_args(
-        [*argv, "--output_dir", str(out), *CPU_OVERRIDES]
-    )
-    trainer = train(script_args, training_args, model_args)
-    assert trainer.state.global_step == 1
-    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    step = next(log for log in logs if "reward" in log)
+    trainer, step = run_preset_one_step(preset, tiny_model_dirs["qwen2_5_vl"], preset_data, out)
     expected = {
         "vppo": (
             "visual_dependency",

@@ -34,6 +34,18 @@ def test_the_presets_exist():
     assert set(NEW_PRESETS) <= set(available_presets())
 
 
+def run_preset_one_step(preset: str, model_dir: str, data, out):
+    """`papo train --config <preset>` with only CPU_OVERRIDES changed: (trainer, first logged step)."""
+    argv = ["--config", preset, "--model_name_or_path", model_dir, "--dataset_name", str(data)]
+    script_args, training_args, model_args = parse_train_args(
+        [*argv, "--output_dir", str(out), *CPU_OVERRIDES]
+    )
+    trainer = train(script_args, training_args, model_args)
+    assert trainer.state.global_step == 1
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return trainer, next(log for log in logs if "reward" in log)
+
+
 @pytest.mark.parametrize("preset", NEW_PRESETS)
 def test_preset_runs_one_papo_step_on_a_tiny_model_of_its_architecture(
     preset, tiny_model_dirs, preset_data, tmp_path
@@ -53,21 +65,7 @@ def test_preset_runs_one_papo_step_on_a_tiny_model_of_its_architecture(
     assert training_args.perception_loss == preset.startswith("papo")
 
     out = tmp_path / "run"
-    argv = [
-        "--config",
-        preset,
-        "--model_name_or_path",
-        tiny_model_dirs[arch],
-        "--dataset_name",
-        str(preset_data),
-    ]
-    script_args, training_args, model_args = parse_train_args(
-        [*argv, "--output_dir", str(out), *CPU_OVERRIDES]
-    )
-    trainer = train(script_args, training_args, model_args)
-    assert trainer.state.global_step == 1
-    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    step = next(log for log in logs if "reward" in log)
+    trainer, step = run_preset_one_step(preset, tiny_model_dirs[arch], preset_data, out)
     assert ("perception_kl" in step) == preset.startswith("papo")
     if preset.startswith("papo"):
         assert step["perception_kl"] > 0
