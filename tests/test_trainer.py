@@ -176,14 +176,16 @@ def test_one_mask_per_prompt_shared_by_its_group(tmp_path, tiny_model_dirs, trai
     model_dir = tiny_model_dirs["qwen2_5_vl"]
     args = _config(tmp_path, per_device_train_batch_size=2, steps_per_generation=4)
     trainer = _trainer(PAPOTrainer, model_dir, train_dataset, args)
+    import papo.masking
+
     seeds = []
-    original = trainer_module.mask_images
+    original = papo.masking.mask_images
 
     def recording(images, config, seed, image_processor=None):
         seeds.append(seed)
         return original(images, config, seed, image_processor)
 
-    monkeypatch.setattr(trainer_module, "mask_images", recording)
+    monkeypatch.setattr(papo.masking, "mask_images", recording)  # what masked_copies draws with
     trainer.model.train()
     trainer._generate_and_score_completions(_generation_inputs(train_dataset, rows=(0, 1)))
     assert seeds[:G] == [seeds[0]] * G and seeds[G:] == [seeds[G]] * G and seeds[0] != seeds[G]
