@@ -6,6 +6,8 @@ import copy
 
 import pytest
 import torch
+from test_trainer import _generation_inputs as _rows  # each row G times, as TRL's sampler
+from test_trainer import _loss_and_grads
 from trl import GRPOTrainer
 
 import papo.trainer as trainer_module
@@ -53,20 +55,6 @@ def _trainer(cls, model_dir, dataset, args, model=None, reward_funcs=None):
         args=args,
         train_dataset=dataset,
     )
-
-
-def _rows(dataset, rows=(0, 1)):
-    return [dataset[i] for i in rows for _ in range(G)]
-
-
-def _loss_and_grads(trainer, inputs):
-    trainer.model.train()
-    trainer.model.zero_grad()
-    trainer.current_gradient_accumulation_steps = 1
-    loss = trainer.compute_loss(trainer.model, inputs)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads
 
 
 def _assert_same(a, b):
