@@ -124,6 +124,18 @@ class TinyVLMSpec:
     min_pixels: int = 32 * 32
     max_pixels: int = 128 * 128
 
+    def text_sizes(self, vocab_size: int) -> dict[str, int]:
+        """The language model's sizes, shared by every family's text config."""
+        return dict(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            max_position_embeddings=4096,
+        )
+
 
 def build_tokenizer(architecture: str = "qwen2_5_vl", vocab_size: int = 1024):
     """A Qwen2Tokenizer with a small BPE vocabulary learnt on a fixed corpus, real special tokens,
@@ -219,14 +231,7 @@ def build_config(architecture: str, tokenizer, spec: TinyVLMSpec | None = None):
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=4096,
+    text = spec.text_sizes(len(tokenizer)) | dict(
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],

@@ -226,15 +226,7 @@ def build_family_config(architecture: str, tokenizer, spec: TinyVLMSpec | None =
         num_hidden_layers=spec.vision_depth,
         num_attention_heads=spec.vision_heads,
     )
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads,
-        max_position_embeddings=4096,
-    )
+    text = spec.text_sizes(len(tokenizer))
     if architecture == "gemma3":
         from transformers import Gemma3Config
 

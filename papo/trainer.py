@@ -28,7 +28,8 @@ follow-ups of issue 19 (VPPO, PGPO, NoisyRollout; the math is in `papo.followups
   diffusion-noised copy of its image; TRL's `_generate` returns its own clean images, from which every
   scoring forward (and so every loss term) is built.
 
-Dynamic sampling (DAPO) also lives here (`_dynamic_sampling`, official rules, any number of processes).
+Dynamic sampling (DAPO) is wired here (`_dynamic_sampling`: draws, gathering across processes, metrics);
+its rules and batch surgery are pure functions in `papo.dynamic_sampling`.
 Everything else — generation, rewards, advantages, clipping, the reference log-probs, PEFT, logging,
 checkpoints, `push_to_hub` — is TRL's, including vLLM rollouts (`use_vllm`). With vLLM the masked-image
 log-probs still come from the training model; `vllm_checks` (on by default) wraps the trainer's own
@@ -54,6 +55,14 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import apply_chat_template, prepare_multimodal_messages
 from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
+from papo.dynamic_sampling import (
+    DynamicSamplingExhausted,
+    RefillPass,
+    gather_rows,
+    informative_groups,
+    row_piece,
+    to_device,
+)
 from papo.families import (
     check_masked_layout,
     check_training_layout,
@@ -95,7 +104,6 @@ from papo.vllm_check import (
 
 logger = logging.getLogger(__name__)
 
-_REFILL_STATE = "papo_dynamic_sampling.json"  # in each checkpoint: where the refill pass stands
 
 # loss types whose normaliser already covers gradient accumulation (TRL divides the others by it)
 _GLOBAL_NORMALISED = ("dapo", "cispo", "vespo")
@@ -406,9 +414,10 @@ class PAPOTrainer(GRPOTrainer):
             _warn_dropout_once(dropout, self.args.perception_loss)
         self._papo_rewards: torch.Tensor | None = None
         self._papo_global_accuracy: torch.Tensor | None = None  # every rank's rows, last generation
-        self._refill_order: list[int] = []  # dynamic sampling's own pass over the training set
-        self._refill_cursor = 0
-        self._refill_epoch = 0
+        # dynamic sampling's own pass over the training set, for refill draws
+        self._refill = RefillPass(
+            self.args.seed, len(self.train_dataset) if hasattr(self.train_dataset, "__len__") else 0
+        )
         self.dynamic_sampling_kept: list[list[tuple[int, int]]] = []  # per batch: (draw, group) kept
         self.collapse_guard = CollapseGuard(
             self.args.collapse_guard if self.args.perception_loss else "off",
@@ -439,9 +448,7 @@ class PAPOTrainer(GRPOTrainer):
         finally:
             del self._get_output_dir
         if self.args.should_save and self.args.dynamic_sampling:
-            state = {"refill_epoch": self._refill_epoch, "refill_cursor": self._refill_cursor}
-            with open(os.path.join(staging_root, name, _REFILL_STATE), "w") as f:
-                json.dump(state, f)
+            self._refill.save(os.path.join(staging_root, name))
         self.accelerator.wait_for_everyone()
         if not self.args.should_save:
             return
@@ -467,19 +474,8 @@ class PAPOTrainer(GRPOTrainer):
 
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if isinstance(checkpoint, str | os.PathLike):
-            self._load_refill_state(checkpoint)
+            self._refill.load(checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _load_refill_state(self, checkpoint) -> None:
-        path = os.path.join(checkpoint, _REFILL_STATE)
-        if not os.path.isfile(path):
-            return
-        with open(path) as f:
-            state = json.load(f)
-        if state["refill_epoch"] > 0:  # rebuild the pass in progress (seeded), then continue where it stood
-            self._refill_epoch = state["refill_epoch"] - 1
-            self._start_refill_epoch()
-            self._refill_cursor = state["refill_cursor"]
 
     # --- wrapped TRL method 1: generation ------------------------------------------------------
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -632,10 +628,7 @@ class PAPOTrainer(GRPOTrainer):
         current = output
         while True:
             draws.append(split_pixel_values_by_grid(current))
-            accuracy = self._papo_global_accuracy.view(-1, group).mean(1)
-            keep = (accuracy > 0.01) & (accuracy < 0.99)
-            if not keep.any():
-                keep = torch.ones_like(keep)  # official: no group survives -> keep the whole draw
+            keep = informative_groups(self._papo_global_accuracy, group)
             draw = len(draws) - 1
             kept += [(draw, g) for g in keep.nonzero().flatten().tolist()]
             dropped += [(draw, g) for g in (~keep).nonzero().flatten().tolist()]
@@ -677,15 +670,15 @@ class PAPOTrainer(GRPOTrainer):
             from accelerate.utils import gather_object
 
             held = {
-                (d, r): _row_piece(draws[d], r - rank * local_rows, "cpu")
+                (d, r): row_piece(draws[d], r - rank * local_rows, "cpu")
                 for d, r in final
                 if r // local_rows == rank
             }
             everything: dict = {}
             for part in gather_object([held]):
                 everything.update(part)
-            pieces = [(_to_device(everything[(d, r)], device), 0) for d, r in mine]
-        merged = _gather_rows(pieces, pad_token_id=self._pad_token_id)
+            pieces = [(to_device(everything[(d, r)], device), 0) for d, r in mine]
+        merged = gather_rows(pieces, pad_token_id=self._pad_token_id)
         tokens = merged["completion_mask"].sum().to(output["num_items_in_batch"].dtype)
         merged["num_items_in_batch"] = self.accelerator.reduce(tokens, reduction="sum")  # global, like TRL's
         return unsplit_pixel_values_by_grid(merged)
@@ -697,23 +690,7 @@ class PAPOTrainer(GRPOTrainer):
     def _next_refill_prompts(self, count: int) -> list[dict[str, Any]]:
         """`count` training prompts for a refill draw, the same on every rank: a seeded pass over the
         training set without replacement, reshuffled at the end of each of its epochs."""
-        return [self.train_dataset[i] for i in self._next_refill_indices(count)]
-
-    def _next_refill_indices(self, count: int) -> list[int]:
-        indices = []
-        for _ in range(count):
-            if self._refill_cursor >= len(self._refill_order):
-                self._start_refill_epoch()
-            indices.append(self._refill_order[self._refill_cursor])
-            self._refill_cursor += 1
-        return indices
-
-    def _start_refill_epoch(self) -> None:
-        """The next pass's order: a permutation seeded by (trainer seed, pass number)."""
-        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + 7_919 * self._refill_epoch + 1)
-        self._refill_order = torch.randperm(len(self.train_dataset), generator=generator).tolist()
-        self._refill_epoch += 1
-        self._refill_cursor = 0
+        return [self.train_dataset[i] for i in self._refill.next_indices(count)]
 
     # --- vLLM rollouts: TRL's integration, checked at its boundary -------------------------------
     def _install_vllm_checks(self) -> None:
@@ -1184,32 +1161,6 @@ def _set_rng(device: torch.device, rng: tuple) -> None:
         torch.get_device_module(device.type).set_rng_state(rng[1], device)
 
 
-class DynamicSamplingExhausted(RuntimeError):
-    """Dynamic sampling could not fill a batch with informative groups within its draws (official: raise)."""
-
-
-def _row_piece(batch: dict[str, Any], i: int, device) -> dict[str, Any]:
-    """Row `i` of a per-sample batch (pixel values split by sample) as a one-row batch on `device`."""
-    piece = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            if value.ndim:
-                piece[key] = value[i : i + 1].to(device)
-        elif isinstance(value, list):
-            item = value[i]
-            piece[key] = [item.to(device) if isinstance(item, torch.Tensor) else item]
-    return piece
-
-
-def _to_device(piece: dict[str, Any], device) -> dict[str, Any]:
-    return {
-        key: value.to(device)
-        if isinstance(value, torch.Tensor)
-        else [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
-        for key, value in piece.items()
-    }
-
-
 def _merged_fingerprint(layer) -> tuple[float, float]:
     """Fingerprint of W + ΔW for a LoRA layer, merged the way PEFT merges (in W's dtype, in place on a copy)."""
     with torch.no_grad():
@@ -1239,39 +1190,3 @@ def _row_images(row: dict[str, Any]) -> list:
 
 
 _image_kwargs = image_forward_kwargs  # the old private name (tests/test_fidelity.py)
-
-
-# per-row tensors whose second dimension is the prompt (left-padded) rather than the completion
-_PROMPT_KEYS = ("prompt_ids", "prompt_mask", "mm_token_type_ids", "token_type_ids")
-
-
-def _gather_rows(rows: list[tuple[dict[str, Any], int]], pad_token_id: int) -> dict[str, Any]:
-    """Build one generation output from (output, row index) pairs taken from several outputs.
-
-    Per-row tensors are re-padded to the longest piece: prompt-side keys on the left (prompts are
-    left-padded), completion-side keys on the right; lists are gathered item by item. Scalars (the
-    token count) are left for the caller to recompute.
-    """
-    merged: dict[str, Any] = {}
-    for key, value in rows[0][0].items():
-        if isinstance(value, torch.Tensor) and value.ndim == 0:
-            continue
-        items = [piece[key][i] for piece, i in rows]
-        if not isinstance(value, torch.Tensor):
-            merged[key] = items
-            continue
-        if value.ndim == 1:
-            merged[key] = torch.stack(items)
-            continue
-        width = max(item.size(-1) for item in items)
-        pad_value = pad_token_id if key == "prompt_ids" else 0
-        left = key in _PROMPT_KEYS
-        merged[key] = torch.stack(
-            [
-                torch.nn.functional.pad(
-                    item, (width - item.size(-1), 0) if left else (0, width - item.size(-1)), value=pad_value
-                )
-                for item in items
-            ]
-        )
-    return merged

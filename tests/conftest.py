@@ -61,6 +61,7 @@ FAST_MODULES = {
     "tests/test_console.py",
     "tests/test_followups.py",
     "tests/test_files.py",
+    "tests/test_dynamic_sampling.py",
     "tests/data/test_loading.py",
     "tests/data/test_synthetic.py",
     "tests/data/test_digits.py",
@@ -95,10 +96,27 @@ def sandbox_dir() -> str:
     return _SANDBOX
 
 
+class _TinyModels(dict):
+    """{architecture: directory} of the tiny random-weight models, each saved on first use (once per session).
+
+    The one tiny-model fixture: every test that needs a saved tiny VLM of a family reads it here.
+    Tests must not write into these folders (copy one first).
+    """
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, arch: str) -> str:
+        from papo.tiny import ALL_ARCHITECTURES, save_tiny_vlm
+
+        if arch not in ALL_ARCHITECTURES:
+            raise KeyError(f"no tiny model for {arch!r}; choose from {ALL_ARCHITECTURES}")
+        self[arch] = str(save_tiny_vlm(self.root / arch, arch, seed=0))
+        return self[arch]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory) -> dict[str, str]:
-    """Tiny Qwen2.5-VL and Qwen3-VL saved once per session: {architecture: directory}."""
-    from papo.tiny import ARCHITECTURES, save_tiny_vlm
-
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {arch: str(save_tiny_vlm(root / arch, arch, seed=0)) for arch in ARCHITECTURES}
+    """Tiny Qwen2.5-VL, Qwen3-VL, Gemma 3 and SmolVLM2 models, saved lazily: {architecture: directory}."""
+    return _TinyModels(tmp_path_factory.mktemp("tiny-models"))

@@ -181,12 +181,10 @@ def test_two_processes_ddp_train_papo_with_one_mask_per_group(ddp_run):
     check_two_rank_run(records, output_dir)
 
 
-def test_two_processes_ddp_train_papo_on_smolvlm(tmp_path, dataset_dir):
+def test_two_processes_ddp_train_papo_on_smolvlm(tmp_path, dataset_dir, tiny_model_dirs):
     """A non-Qwen family under 2 processes: SmolVLM2's tiles + global view, padded per sample with a
     pixel_attention_mask; one mask per group across ranks, the same metrics on both ranks."""
-    from papo.tiny import save_tiny_vlm
-
-    model_dir = str(save_tiny_vlm(tmp_path / "tiny-smolvlm", "smolvlm", seed=0))
+    model_dir = tiny_model_dirs["smolvlm"]
     workdir = tmp_path / "work"
     workdir.mkdir()
     records, output_dir = launch("ddp.yaml", workdir, model_dir, dataset_dir)

@@ -22,7 +22,7 @@ from papo.families import (
 )
 from papo.masking import MaskingConfig, mask_images, model_size
 from papo.modeling import lora_target_modules, set_pixel_bounds
-from papo.tiny import OTHER_ARCHITECTURES, save_tiny_vlm
+from papo.tiny import OTHER_ARCHITECTURES
 
 FAMILY_PRESETS = {
     "gemma3": ["papo-g-gemma3-4b-lora", "papo-g-gemma3-4b-qlora"],
@@ -51,9 +51,8 @@ def _picture(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-families")
-    return {arch: str(save_tiny_vlm(root / arch, arch, seed=0)) for arch in OTHER_ARCHITECTURES}
+def family_dirs(tiny_model_dirs):
+    return tiny_model_dirs
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from trl import GRPOTrainer
 import papo.trainer as trainer_module
 from papo.data.loading import load_training_dataset
 from papo.data.synthetic import make_synthetic_dataset
+from papo.dynamic_sampling import gather_rows
 from papo.modeling import load_processor
 from papo.rewards import PAPO_REWARD_WEIGHTS, make_reward_funcs
 from papo.trainer import PAPOConfig, PAPOTrainer
@@ -292,9 +293,7 @@ def test_gather_rows_rebuilds_the_batch(tmp_path, tiny_model_dirs, train_dataset
     output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
     split = trainer_module.split_pixel_values_by_grid(output)
     rows = [(split, i) for i in range(output["completion_ids"].size(0))]
-    rebuilt = trainer_module.unsplit_pixel_values_by_grid(
-        trainer_module._gather_rows(rows, trainer._pad_token_id)
-    )
+    rebuilt = trainer_module.unsplit_pixel_values_by_grid(gather_rows(rows, trainer._pad_token_id))
     for key, value in output.items():
         if key == "num_items_in_batch":
             continue
@@ -355,7 +354,7 @@ def _one_group_informative(k, n):
 
 
 def test_dynamic_sampling_raises_after_max_tries(tmp_path, tiny_model_dirs, train_dataset):
-    from papo.trainer import DynamicSamplingExhausted
+    from papo.dynamic_sampling import DynamicSamplingExhausted
 
     trainer, calls = _dapo_trainer(
         tmp_path, tiny_model_dirs, train_dataset, _one_group_informative, dynamic_sampling_max_tries=1
@@ -486,15 +485,15 @@ def test_dynamic_sampling_refill_position_survives_a_resume(tmp_path, tiny_model
     save = dict(max_steps=1, save_strategy="steps", save_steps=1, per_device_train_batch_size=2 * G)
     trainer, calls = _dapo_trainer(tmp_path, tiny_model_dirs, train_dataset, script, **save)
     trainer.train()
-    assert len(calls) == 2 and (trainer._refill_epoch, trainer._refill_cursor) == (1, 2)
+    assert len(calls) == 2 and (trainer._refill.epoch, trainer._refill.cursor) == (1, 2)
     checkpoint = tmp_path / "checkpoint-1"
     state = json.loads((checkpoint / "papo_dynamic_sampling.json").read_text())
     assert state == {"refill_epoch": 1, "refill_cursor": 2}
-    expected = trainer._next_refill_indices(20)  # crosses into the next pass
+    expected = trainer._refill.next_indices(20)  # crosses into the next pass
 
     resumed, _ = _dapo_trainer(
         tmp_path, tiny_model_dirs, train_dataset, script, **dict(save, max_steps=2, save_strategy="no")
     )
     resumed.train(resume_from_checkpoint=str(checkpoint))  # step 2: one more refill draw of 2 prompts
-    assert (resumed._refill_epoch, resumed._refill_cursor) == (1, 4)  # continued from (1, 2)
-    assert resumed._next_refill_indices(18) == expected[2:]
+    assert (resumed._refill.epoch, resumed._refill.cursor) == (1, 4)  # continued from (1, 2)
+    assert resumed._refill.next_indices(18) == expected[2:]

@@ -62,17 +62,16 @@ TINY_TRAINING = {
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory, sandbox_dir) -> dict[str, str]:
+def assets(tmp_path_factory, sandbox_dir, tiny_model_dirs) -> dict[str, str]:
     """The tiny model, the synthetic data, a ShareGPT (PAPO_eval-layout) copy of its test split."""
     from papo.data.synthetic import save_synthetic_dataset
-    from papo.tiny import save_tiny_vlm
 
     startup = Path(os.environ["IPYTHONDIR"], "profile_default", "startup")
     startup.mkdir(parents=True, exist_ok=True)
     (startup / "00-papo-tests-offline.py").write_text(OFFLINE_STARTUP)
 
     root = tmp_path_factory.mktemp("notebook-assets")
-    model = save_tiny_vlm(root / "tiny-qwen2_5_vl", "qwen2_5_vl", seed=0)
+    model = tiny_model_dirs["qwen2_5_vl"]
     data = root / "synthetic"
     test_split = save_synthetic_dataset(data, num_train=64, num_test=8, seed=0)["test"]
     sharegpt = root / "sharegpt"
