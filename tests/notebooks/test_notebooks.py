@@ -26,6 +26,11 @@ NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 TRAIN_COLAB = NOTEBOOK_DIR / "01_train_papo_qlora_colab.ipynb"
 TRAIN_KAGGLE = NOTEBOOK_DIR / "02_train_papo_kaggle_2xT4.ipynb"
 EVALUATE = NOTEBOOK_DIR / "03_evaluate_and_compare.ipynb"
+
+# the replica of the published PAPO_eval snapshot that tests/evaluation uses, whatever pytest's import mode
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
+from papo_eval_fixture import write_snapshot  # noqa: E402
+
 NOTEBOOKS = [TRAIN_COLAB, TRAIN_KAGGLE, EVALUATE]
 
 OFFLINE_STARTUP = '''
@@ -179,7 +184,9 @@ def test_evaluation_notebook_compares_and_previews_the_push(assets, tmp_path):
         "INSTALL": False,
         "MODEL_ID": str(WARM_START_ASSET),
         "ADAPTER": str(PAPO_ADAPTER_ASSET),
-        "EVAL_SOURCES": [assets["data"], assets["sharegpt"]],
+        # the training schema, a ShareGPT JSON and a replica of the published PAPO_eval snapshot
+        "EVAL_SOURCES": [assets["data"], assets["sharegpt"], str(write_snapshot(tmp_path / "PAPO_eval"))],
+        "EVAL_SPLITS": ["Counting"],  # of the snapshot's two splits
         "MAX_QUESTIONS": 4,
         "SAMPLES": 2,
         "MAX_NEW_TOKENS": 32,
@@ -192,7 +199,7 @@ def test_evaluation_notebook_compares_and_previews_the_push(assets, tmp_path):
     }
     nb = execute(EVALUATE, tmp_path / "run", parameters)
     results = json.loads((output_dir / "papo" / "results.json").read_text())
-    assert set(results["benchmarks"]) == {"synthetic", "synthetic_sharegpt"}
+    assert set(results["benchmarks"]) == {"synthetic", "synthetic_sharegpt", "Counting"}
     assert (output_dir / "papo" / "comparison.png").is_file()
     text = outputs_text(nb)
     assert "Δ%rel" in text and '<span title="KL' in text  # the table and the heat map were displayed
