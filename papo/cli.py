@@ -4,6 +4,7 @@ papo demo            generate + score on the embedded model (the warm start) and
 papo tiny-model      build a tiny random-weight VLM of a real architecture
 papo synthetic-data  build the synthetic perception dataset (official schema)
 papo check-data      validate a dataset in the official schema and report bad rows
+papo push            push an adapter, eval predictions or the comparison Space to the Hub (papo.hub)
 """
 
 from __future__ import annotations
@@ -199,6 +200,126 @@ def add_dataclass_options(parser: argparse.ArgumentParser, config_class) -> None
         )
 
 
+def build_push_parser() -> argparse.ArgumentParser:
+    """`papo push adapter|eval|space`: the options of the three pushes (papo.hub)."""
+    parser = argparse.ArgumentParser(
+        prog="papo push",
+        description="Push a PAPO adapter, eval predictions or the comparison Space to the Hugging Face Hub. "
+        "The token comes from "
+        "HF_TOKEN or `hf auth login` (never from the command line).",
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    adapter = sub.add_parser("adapter", help="push a LoRA/QLoRA adapter directory as a model repo")
+    adapter.add_argument("adapter_dir", help="the adapter folder written by `papo train` (its output_dir)")
+    adapter.add_argument("--repo-id", required=True, help="e.g. your-name/papo-g-qwen2.5vl-3b-lora")
+    adapter.add_argument("--base-model", default=None, help="Hub id of the base model")
+    adapter.add_argument("--eval-results", default=None, help="results.json of `papo eval` for the card")
+    adapter.add_argument("--dataset", action="append", default=None, help="training dataset id (repeatable)")
+    adapter.add_argument("--license", default="mit")
+    evals = sub.add_parser("eval", help="push a `papo eval` output directory as a dataset repo")
+    evals.add_argument("eval_dir", help="the output_dir of `papo eval`")
+    evals.add_argument("--repo-id", required=True, help="e.g. your-name/papo-eval-predictions")
+    evals.add_argument("--model", default=None)
+    evals.add_argument("--adapter", default=None)
+    evals.add_argument("--license", default="mit")
+    space = sub.add_parser(
+        "space",
+        help="deploy the comparison Space (baseline vs base + adapter, per-token perception KL) as a Gradio Space",
+    )
+    space.add_argument("--repo-id", required=True, help="the Space, e.g. your-name/papo-demo")
+    space.add_argument("--base-model", default=None, help="Hub id of the base model (default: the adapter's)")
+    space.add_argument(
+        "--adapter",
+        default=None,
+        help="Hub id of the PAPO adapter (papo push adapter); none: the embedded demo pair",
+    )
+    space.add_argument(
+        "--eval-dataset",
+        default=None,
+        help="the adapter's eval predictions (papo push eval): the examples are its questions where the models "
+        "differ most",
+    )
+    space.add_argument(
+        "--baseline-eval-dataset",
+        default=None,
+        help="the base model's eval predictions: with --eval-dataset, 'differ most' = per-question accuracy",
+    )
+    space.add_argument(
+        "--hardware",
+        default=None,
+        help="request this hardware, e.g. zero-a10g, t4-small (omitted: left as it is)",
+    )
+    space.add_argument(
+        "--load-in-4bit", action="store_true", help="set PAPO_LOAD_IN_4BIT (QLoRA-style NF4 base)"
+    )
+    space.add_argument(
+        "--dtype", default=None, help="set PAPO_DTYPE: bfloat16, float16, float32 (default auto)"
+    )
+    space.add_argument("--device", default=None, help="set PAPO_DEVICE (default: cuda if available)")
+    for p in (adapter, evals, space):
+        p.add_argument("--private", action="store_true", help="create the repo private")
+        p.add_argument("--dry-run", default=None, metavar="DIR", help="only build the repo folder in DIR")
+        p.add_argument("--commit-message", default=None)
+        p.add_argument("--retries", type=int, default=3)
+        p.add_argument("--retry-base-delay", type=float, default=2.0)
+    return parser
+
+
+def _cmd_push(argv: list[str]) -> int:
+    """`papo push ...`: build the repo folder (--dry-run DIR) or push it; exit code 1 on a refused push."""
+    from papo.hub import HubPushError, push_adapter, push_eval, push_space
+
+    args = build_push_parser().parse_args(argv)
+    common = dict(private=args.private, dry_run_dir=args.dry_run, retries=args.retries)
+    common["retry_base_delay"] = args.retry_base_delay
+    if args.commit_message:
+        common["commit_message"] = args.commit_message
+    try:
+        if args.what == "adapter":
+            result = push_adapter(
+                args.adapter_dir,
+                args.repo_id,
+                base_model=args.base_model,
+                eval_results=args.eval_results,
+                datasets=args.dataset,
+                license=args.license,
+                **common,
+            )
+        elif args.what == "space":
+            pushed = push_space(
+                args.repo_id,
+                base_model=args.base_model,
+                adapter=args.adapter,
+                eval_dataset=args.eval_dataset,
+                baseline_eval_dataset=args.baseline_eval_dataset,
+                hardware=args.hardware,
+                load_in_4bit=args.load_in_4bit,
+                dtype=args.dtype,
+                device=args.device,
+                **common,
+            )
+            result = pushed.get("folder") or pushed["url"]
+            settings = [f"{k}={v}" for k, v in pushed["variables"].items()]
+            if pushed["hardware"]:
+                settings.append(f"hardware {pushed['hardware']}")
+            verb = "to set" if args.dry_run else "set"
+            print(f"Space settings {verb}: {', '.join(settings) or 'none (the embedded demo pair)'}")
+        else:
+            result = push_eval(
+                args.eval_dir,
+                args.repo_id,
+                model=args.model,
+                adapter=args.adapter,
+                license=args.license,
+                **common,
+            )
+    except (HubPushError, ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Built {result}" if args.dry_run else f"Pushed: {result}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="papo",
@@ -332,9 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["push"]:
-        from papo.hub import main as push_main
-
-        return push_main(argv[1:])
+        return _cmd_push(argv[1:])
     if argv[:1] == ["train"] and {"-h", "--help", "--help-all"} & set(argv[1:]):
         from papo.train import parse_train_args, train_help
 

@@ -221,7 +221,7 @@ def test_mask_granularity_option():
 
 
 def test_model_cards_name_the_followups():
-    from papo.hub import _algorithm
+    from papo.hub.cards import _algorithm
 
     assert _algorithm({"perception_loss": False, "dynamic_sampling": True}) == ("DAPO", False)  # unchanged
     vppo = {

@@ -54,10 +54,9 @@ def push_env(hub) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_base_dir(tmp_path_factory) -> Path:
-    from papo.tiny import save_tiny_vlm
-
-    return save_tiny_vlm(tmp_path_factory.mktemp("hub-tiny") / "qwen2_5_vl", "qwen2_5_vl", seed=0)
+def tiny_base_dir(tiny_model_dirs) -> Path:
+    """The session's tiny Qwen2.5-VL (tests/conftest.py), shared with the rest of the suite: read only."""
+    return Path(tiny_model_dirs["qwen2_5_vl"])
 
 
 @pytest.fixture(scope="session")

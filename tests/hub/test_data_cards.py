@@ -59,7 +59,7 @@ def test_eval_template_is_linked_from_data_cards():
 
 
 def test_templates_are_in_the_package():
-    import papo.hub
+    import papo
 
-    cards = Path(papo.hub.__file__).parent / "cards"
+    cards = Path(papo.__file__).parent / "cards"
     assert {p.name for p in cards.glob("*.md")} >= {"adapter_card.md", "eval_dataset_card.md"}

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from hub_testlib import EVAL_RESULTS, PAPO_CONFIG, TEST_TOKEN
 
-from papo.hub import HubPushError, _push_folder, build_adapter_repo, build_eval_dataset_repo
+from papo.hub import HubPushError, build_adapter_repo, build_eval_dataset_repo
+from papo.hub.transport import _push_folder
 
 ADAPTER_REPO_FILES = {
     "README.md",
@@ -311,7 +312,8 @@ def test_eval_card_without_results_md(eval_run_dir, tmp_path):
 def test_a_base_whose_shapes_do_not_fit_the_adapter_is_refused(
     tiny_adapter_dir, tmp_path, cached_base_configs
 ):
-    from papo.hub import BaseModelMismatchError, main
+    from papo.cli import main
+    from papo.hub import BaseModelMismatchError
 
     with pytest.raises(
         BaseModelMismatchError,
@@ -320,7 +322,15 @@ def test_a_base_whose_shapes_do_not_fit_the_adapter_is_refused(
     ):
         build_adapter_repo(tiny_adapter_dir, tmp_path / "repo", base_model="Qwen/Qwen2.5-VL-3B-Instruct")
     assert not (tmp_path / "repo").exists()
-    args = ["adapter", str(tiny_adapter_dir), "--repo-id", "me/x", "--dry-run", str(tmp_path / "repo")]
+    args = [
+        "push",
+        "adapter",
+        str(tiny_adapter_dir),
+        "--repo-id",
+        "me/x",
+        "--dry-run",
+        str(tmp_path / "repo"),
+    ]
     assert main([*args, "--base-model", "Qwen/Qwen2.5-VL-3B-Instruct"]) == 1
     assert main([*args, "--base-model", "papo-tests/tiny-qwen2_5_vl"]) == 0  # the config it was trained on
 
@@ -364,9 +374,11 @@ def test_nothing_built_names_a_local_path(adapter_copy, eval_run_dir, tmp_path, 
 
 
 def test_a_local_path_slipping_into_the_card_is_refused(adapter_copy, tmp_path, monkeypatch):
-    import papo.hub as hub
+    import papo.hub.adapter
+    import papo.hub.cards
 
-    monkeypatch.setattr(hub, "_scrub_local_paths", lambda value: value)  # as if scrubbing missed one
+    for module in (papo.hub.adapter, papo.hub.cards):  # where the config and the card scrub local paths
+        monkeypatch.setattr(module, "_scrub_local_paths", lambda value: value)  # as if scrubbing missed one
     _write_config(adapter_copy, output_dir=str(adapter_copy))
     with pytest.raises(ValueError, match="refusing to publish .*local path"):
         build_adapter_repo(adapter_copy, tmp_path / "repo")

@@ -229,7 +229,7 @@ def test_token_is_scrubbed_from_retried_transport_errors(tmp_path, monkeypatch, 
 
     import pytest
 
-    import papo.hub as hub_module
+    import papo.hub.transport as hub_module
 
     secret = "hf_" + "SeCrEt" * 6
     (tmp_path / "adapter_config.json").write_text("{}")

@@ -45,7 +45,7 @@ def test_push_space_with_adapter_and_eval_examples(
         _publish_adapter_and_eval(tiny_adapter_dir, eval_run_dir)
         + f"""
 import json
-from papo.hub_space import push_space
+from papo.hub import push_space
 kwargs = dict(adapter={ADAPTER!r}, eval_dataset={EVAL!r}, hardware="zero-a10g", dtype="bfloat16",
               retry_base_delay=0.01)
 first = push_space({SPACE!r}, **kwargs)
@@ -87,7 +87,7 @@ print(json.dumps([first, second]))
     with zipfile.ZipFile(io.BytesIO(files[wheels[0]])) as wheel:
         names = wheel.namelist()
         metadata = wheel.read("papo_hub-0.1.0.dist-info/METADATA").decode()
-    assert "papo/hub_space.py" in names and "papo/cards/space_card.md" in names
+    assert "papo/hub/space.py" in names and "papo/cards/space_card.md" in names
     assert not any(n.startswith("papo/assets/") for n in names)
     assert "Version: 0.1.0" in metadata and "Requires-Dist: transformers" in metadata
 
@@ -131,7 +131,7 @@ print(json.dumps([first, second]))
     space.variables["PAPO_MAX_NEW_TOKENS"] = "64"
     code = f"""
 import json
-from papo.hub_space import push_space
+from papo.hub import push_space
 print(json.dumps(push_space({SPACE!r}, adapter={ADAPTER!r}, eval_dataset={EVAL!r}, load_in_4bit=True)))
 """
     result = run_python(code, push_env, timeout=300)
@@ -182,7 +182,7 @@ def test_push_space_checks_before_pushing(hub, push_env, tiny_adapter_dir, eval_
         _publish_adapter_and_eval(tiny_adapter_dir, eval_run_dir)
         + f"""
 import json
-from papo.hub_space import push_space
+from papo.hub import push_space
 errors = {{}}
 cases = {{
     "mismatch": dict(adapter={ADAPTER!r}, base_model="Qwen/Qwen2.5-VL-3B-Instruct"),
@@ -319,7 +319,7 @@ def test_examples_are_the_questions_where_the_models_differ_most(eval_run_dir, t
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from papo.hub_space import pick_space_examples
+    from papo.hub import pick_space_examples
 
     baseline = Path(shutil.copytree(eval_run_dir, tmp_path / "baseline-eval"))
     accuracy = {

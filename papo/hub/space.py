@@ -3,23 +3,23 @@
 ``build_space_repo`` writes, in a local folder, exactly the files of the Space repo:
 
 - the app (``app.py``, ``papo_space.py``, copied from ``space/``);
-- papo-hub itself as a wheel built from this source tree (``papo_hub-<version>-py3-none-any.whl``), so the Space
-  runs the code that built it, before papo-hub is on PyPI and without a git URL. The embedded demo models
-  (``papo/assets``, about 5 MB) go into the wheel only when the Space runs them (no adapter given);
+- papo-hub itself as a wheel built from this source tree (``papo.hub.wheel``), so the Space runs the code that
+  built it, before papo-hub is on PyPI and without a git URL. The embedded demo models (``papo/assets``, about
+  5 MB) go into the wheel only when the Space runs them (no adapter given);
 - ``requirements.txt``: papo-hub's dependencies and its ``space`` extra, pinned as in ``pyproject.toml`` (read
   from the wheel's metadata). The wheel itself is imported by the app (``papo_space.use_shipped_wheel``), not
   installed by ``requirements.txt``: a Space's build may install that file before the rest of the repo is in
   place, where a relative path to the wheel would not resolve;
-- ``examples/``: with an adapter, the example gallery (``pick_space_examples``); without, the Space builds the
-  embedded pair's own examples;
+- ``examples/``: with an adapter, the example gallery (``papo.hub.space_examples``); without, the Space builds
+  the embedded pair's own examples;
 - ``README.md``: the Space card, its front matter filled in (sdk and version, python 3.12, the base model and
   adapter under ``models:`` and the eval sets under ``datasets:``, so the Space is listed on their Hub pages).
 
 ``push_space`` checks the adapter and the base model first (they exist on the Hub, and the adapter's LoRA
-shapes fit the base: ``papo.hub.check_adapter_fits_base``, the check ``papo push adapter`` makes), creates the
-Space (Gradio SDK), sets its variables (``PAPO_BASE_MODEL``, ``PAPO_ADAPTER``, ``PAPO_LOAD_IN_4BIT``,
+shapes fit the base: ``check_adapter_fits_base``, the check ``papo push adapter`` makes), creates the Space
+(Gradio SDK), sets its variables (``PAPO_BASE_MODEL``, ``PAPO_ADAPTER``, ``PAPO_LOAD_IN_4BIT``,
 ``PAPO_DTYPE``, ``PAPO_DEVICE``) through the Hub API, then pushes the folder in one mirroring commit with
-``papo.hub``'s transport (retries, ``hf auth login`` hint on 401/403, no stale files, no commit when nothing
+``papo.hub.transport`` (retries, ``hf auth login`` hint on 401/403, no stale files, no commit when nothing
 changed) and requests the hardware if asked. Re-pushing the same arguments makes no commit and changes no
 variable.
 """
@@ -27,65 +27,59 @@ variable.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import io
 import json
 import logging
 import os
 import shlex
 import shutil
-import subprocess
-import sys
 import tempfile
-import tomllib
-import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from papo import __version__
-from papo.hub import (
-    CARDS_DIR,
+from papo.hub.cards import CARDS_DIR, _tidy
+from papo.hub.checks import (
+    _looks_local,
+    _public,
+    _refuse_local_paths,
+    _resolve_base_model,
+    check_adapter_fits_base,
+)
+from papo.hub.space_examples import pick_space_examples
+from papo.hub.transport import (
     _build_atomically,
     _check_repo_id,
     _is_previous_build,
-    _looks_local,
     _push_folder,
-    _refuse_local_paths,
-    _resolve_base_model,
-    _tidy,
     _with_retries,
-    check_adapter_fits_base,
 )
+from papo.hub.wheel import SPACE_SOURCE, _sdk_version, _space_requirements, build_wheel
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "MANAGED_VARIABLES",
-    "build_space_repo",
-    "build_wheel",
-    "pick_space_examples",
-    "push_space",
-    "resolve_space_models",
-    "space_variables",
-]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SPACE_SOURCE = PROJECT_ROOT / "space"
 SPACE_APP_FILES = ("app.py", "papo_space.py")
+
+
 SPACE_CARD_TEMPLATE = CARDS_DIR / "space_card.md"
+
+
 EXAMPLES_DIR = "examples"
-EXAMPLES_MANIFEST = "examples.json"  # what space/papo_space.py's make_examples reads (SHIPPED_EXAMPLES)
-NUM_EXAMPLES = 6
+
+
 # The variables this command owns: set from its arguments, deleted when an argument no longer asks for them.
 # Other variables (PAPO_MAX_NEW_TOKENS, ...) set by hand in the Space's settings are left alone.
 MANAGED_VARIABLES = ("PAPO_BASE_MODEL", "PAPO_ADAPTER", "PAPO_LOAD_IN_4BIT", "PAPO_DTYPE", "PAPO_DEVICE")
+
+
 PYTHON_VERSION = "3.12"
-# Zip timestamps of the wheel (1980-01-01, the zip epoch): the same source gives the same bytes, so an
-# unchanged re-push uploads nothing.
-WHEEL_EPOCH = "315532800"
+
+
 SPACE_TAGS = ["papo", "vision-language-model", "reinforcement-learning", "grpo", "trl", "peft"]
+
+
 SHORT_DESCRIPTION = "Baseline vs PAPO answers with a per-token image-KL heat map"
 
 
@@ -99,11 +93,6 @@ class SpaceModels:
     @property
     def embedded(self) -> bool:
         return self.adapter is None
-
-
-# --------------------------------------------------------------------------------------------------------
-# Models and variables
-# --------------------------------------------------------------------------------------------------------
 
 
 def resolve_space_models(
@@ -203,269 +192,6 @@ def _check_hardware(hardware: str | None) -> None:
         )
 
 
-# --------------------------------------------------------------------------------------------------------
-# The wheel
-# --------------------------------------------------------------------------------------------------------
-
-
-def build_wheel(out_dir: str | os.PathLike, *, with_assets: bool) -> Path:
-    """Build the wheel of this papo-hub source tree into ``out_dir`` (offline: setuptools, no isolation).
-
-    ``with_assets=False`` leaves ``papo/assets`` (the embedded demo models) out. The zip timestamps are fixed,
-    so the same source gives the same bytes. Raises ``ValueError`` when papo is not run from its source tree.
-    """
-    pyproject = PROJECT_ROOT / "pyproject.toml"
-    if not pyproject.is_file() or tomllib.loads(pyproject.read_text())["project"]["name"] != "papo-hub":
-        raise ValueError(
-            f"papo push space builds papo-hub from its source tree, which was not found at {PROJECT_ROOT}: "
-            "run it from a clone of papo-hub installed with `pip install -e .`"
-        )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    skip = ["__pycache__", "*.pyc", ".*"] + ([] if with_assets else ["assets"])
-    with tempfile.TemporaryDirectory(prefix="papo-wheel-") as tmp:
-        source = Path(tmp) / "src"
-        shutil.copytree(PROJECT_ROOT / "papo", source / "papo", ignore=shutil.ignore_patterns(*skip))
-        for name in ("pyproject.toml", "README.md", "LICENSE"):
-            if (PROJECT_ROOT / name).is_file():
-                shutil.copyfile(PROJECT_ROOT / name, source / name)
-        dist = Path(tmp) / "dist"
-        code = "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))"
-        env = {**os.environ, "SOURCE_DATE_EPOCH": WHEEL_EPOCH, "PYTHONDONTWRITEBYTECODE": "1"}
-        done = subprocess.run(
-            [sys.executable, "-c", code, str(dist)], cwd=source, env=env, capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"building the papo-hub wheel failed:\n{(done.stdout + done.stderr)[-3000:]}")
-        name = done.stdout.strip().splitlines()[-1]
-        target = out_dir / name
-        shutil.copyfile(dist / name, target)
-    return target
-
-
-def _space_requirements(wheel: Path) -> str:
-    """requirements.txt: papo-hub's dependencies and its `space` extra, as the wheel's metadata pins them
-    (so they match pyproject.toml), and `spaces`. The wheel itself is not listed: the app imports it from
-    the Space folder (``papo_space.use_shipped_wheel``), because a Space may install requirements.txt before
-    the rest of the repo is in place, where a relative path to the wheel would not resolve."""
-    from email.parser import Parser
-
-    from packaging.requirements import Requirement
-
-    with zipfile.ZipFile(wheel) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-        metadata = Parser().parsestr(archive.read(name).decode())
-    lines = [
-        f"# Written by `papo push space`: the dependencies of papo-hub {__version__} and of its `space` extra.",
-        f"# papo-hub itself is {wheel.name}, next to app.py, which app.py imports (see papo_space.use_shipped_wheel).",
-    ]
-    for spec in metadata.get_all("Requires-Dist") or []:
-        requirement = Requirement(spec)
-        marker = str(requirement.marker) if requirement.marker else ""
-        if marker and marker.replace("'", '"') != 'extra == "space"':
-            continue  # another extra (deepspeed, vllm, dev)
-        requirement.marker = None
-        lines.append(str(requirement))
-    lines += [
-        "# ZeroGPU: `spaces` (preinstalled there) gives the GPU per request; elsewhere the app runs without it.",
-        "spaces",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------------------------------------
-# Examples
-# --------------------------------------------------------------------------------------------------------
-
-
-def pick_space_examples(
-    out_dir: str | os.PathLike,
-    *,
-    adapter: str | None,
-    eval_dataset: str | None = None,
-    baseline_eval_dataset: str | None = None,
-    num_examples: int = NUM_EXAMPLES,
-    token: str | None = None,
-) -> list[dict] | None:
-    """The examples shipped with the Space, written as ``out_dir/examples.json`` plus their images.
-
-    - No adapter: None (nothing written): the Space builds the embedded pair's examples itself
-      (``papo_space.make_examples``: the held-out digit questions on which the pair differs, then figures).
-    - ``eval_dataset`` (the PAPO model's predictions, pushed with ``papo push eval``; a Hub dataset id or a
-      local ``papo eval`` output folder): its questions on which the two models differ most, by
-      ``|accuracy(PAPO) − accuracy(baseline)|`` per question when ``baseline_eval_dataset`` (the base model's
-      predictions) is given, else by the PAPO answers' mean perception KL (the questions whose answers leaned
-      most on the image); taken in turn from each benchmark.
-    - Otherwise a small neutral set: the Space's three drawn figures (``papo_space.figure_examples``).
-    """
-    if adapter is None:
-        return None
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if eval_dataset is None:
-        papo_space = _load_space_module()
-        picked = [
-            {
-                "image": Path(e.image).name,
-                "question": e.question,
-                "reference": e.reference,
-                "source": e.source,
-            }
-            for e in papo_space.figure_examples(out_dir)
-        ]
-        how = "papo_space.figure_examples (no eval predictions given)"
-    else:
-        rows = _eval_rows(eval_dataset, token)
-        baseline = None
-        if baseline_eval_dataset is not None:
-            baseline = {
-                (r["benchmark"], r["id"]): r["accuracy"] for r in _eval_rows(baseline_eval_dataset, token)
-            }
-        picked = []
-        for number, row in enumerate(_most_different(rows, baseline, num_examples), start=1):
-            name = f"{number:02d}-{_slug(row['benchmark'])}-{_slug(row['id'])}.png"
-            _save_image(row["image"], out_dir / name)
-            entry = {
-                "image": name,
-                "question": _clean_question(row["question"]),
-                "reference": row["reference"],
-            }
-            entry |= {"source": f"eval:{row['benchmark']}", "id": row["id"], "papo_accuracy": row["accuracy"]}
-            if baseline is not None:
-                entry["baseline_accuracy"] = baseline[(row["benchmark"], row["id"])]
-            picked.append(entry)
-        if not picked:
-            raise ValueError(f"--eval-dataset {eval_dataset}: no prediction rows to pick examples from")
-        how = (
-            f"|accuracy difference| per question, {_public(eval_dataset)} vs {_public(baseline_eval_dataset)}"
-            if baseline is not None
-            else f"mean perception KL of the PAPO answers in {_public(eval_dataset)} (no baseline predictions given)"
-        )
-    manifest = {"picked_by": f"papo.hub_space.pick_space_examples: {how}", "examples": picked}
-    (out_dir / EXAMPLES_MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
-    return picked
-
-
-def _most_different(rows: list[dict], baseline: dict | None, n: int) -> list[dict]:
-    """`n` rows by score (best first), taken in turn from each benchmark among the rows whose score is above
-    0 (the two models differ there), then, if too few differ, the best of the rest. Rows of no score (no
-    baseline prediction for that question) or no image are never picked."""
-
-    def score(row: dict) -> float:
-        if baseline is not None:
-            other = baseline.get((row["benchmark"], row["id"]))
-            return -1.0 if other is None else abs(row["accuracy"] - other)
-        values = [v for sample in row.get("perception_kl") or [] for v in sample or []]
-        return sum(values) / len(values) if values else 0.0
-
-    ranked = sorted(
-        ((score(r), r) for r in rows if r.get("image") is not None),
-        key=lambda sr: (-sr[0], -sr[1]["accuracy"], sr[1]["benchmark"], sr[1]["id"]),
-    )
-    queues: dict[str, list[dict]] = {}  # per benchmark, best first; benchmarks in the order of their best row
-    for value, row in ranked:
-        if value > 0:
-            queues.setdefault(row["benchmark"], []).append(row)
-    picked: list[dict] = []
-    while len(picked) < n and any(queues.values()):
-        for queue in queues.values():
-            if queue and len(picked) < n:
-                picked.append(queue.pop(0))
-    picked += [row for value, row in ranked if value == 0][: n - len(picked)]
-    return picked
-
-
-def _eval_rows(source: str, token: str | None) -> list[dict]:
-    """Every prediction row (id, benchmark, question, image, reference, accuracy, perception_kl) of a pushed
-    eval dataset (Hub id) or a local `papo eval` output / built dataset folder."""
-    import pyarrow.parquet as pq
-
-    local = Path(source).expanduser()
-    if local.is_dir():
-        files = sorted(local.glob("predictions/*.parquet")) or sorted(local.glob("data/*/*.parquet"))
-    else:
-        files = _download_eval_parquets(source, token)
-    if not files:
-        raise ValueError(
-            f"--eval-dataset {source}: no prediction parquet found (expected the dataset `papo push eval` "
-            "pushed, or a `papo eval` output folder)"
-        )
-    columns = ["id", "benchmark", "question", "image", "reference", "accuracy", "perception_kl"]
-    rows = []
-    for path in files:
-        table = pq.read_table(path)
-        missing = [c for c in columns[:6] if c not in table.column_names]
-        if missing:
-            raise ValueError(
-                f"--eval-dataset {source}: {Path(path).name} has no column(s) {', '.join(missing)}"
-            )
-        rows += table.select([c for c in columns if c in table.column_names]).to_pylist()
-    return rows
-
-
-def _download_eval_parquets(repo_id: str, token: str | None) -> list[str]:
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        names = HfApi(token=token).list_repo_files(repo_id, repo_type="dataset")
-    except RepositoryNotFoundError:
-        raise ValueError(
-            f"--eval-dataset {repo_id}: no such dataset repo on the Hub (or your token cannot read it); push the "
-            f"predictions with `papo push eval EVAL_DIR --repo-id {repo_id}`"
-        ) from None
-    names = sorted(n for n in names if n.startswith("data/") and n.endswith(".parquet"))
-    return [hf_hub_download(repo_id, name, repo_type="dataset", token=token) for name in names]
-
-
-def _save_image(image: Any, path: Path) -> None:
-    from PIL import Image
-
-    data = image.get("bytes") if isinstance(image, dict) else image
-    if not data:
-        raise ValueError(f"a picked example has no image bytes ({path.name})")
-    with Image.open(io.BytesIO(data)) as picture:
-        picture = picture.convert("RGB") if picture.mode not in ("RGB", "L") else picture.copy()
-    picture.save(path, format="PNG", optimize=True)
-
-
-def _clean_question(question: str) -> str:
-    from papo.data.loading import PROMPT_SUFFIX
-
-    return question.replace(PROMPT_SUFFIX, "").replace("<image>", "").strip()
-
-
-def _public(source: str | None) -> str | None:
-    """A Hub id as is; a local folder as ``<local>/<its name>`` (nothing pushed names a local path)."""
-    if source is None or not Path(source).expanduser().exists():
-        return source
-    return f"<local>/{Path(source).expanduser().resolve().name}"
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text))[:40].strip("_") or "x"
-
-
-def _load_space_module():
-    """space/papo_space.py, imported from its file (it is the Space's module, not part of the package)."""
-    name = "papo_space_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SPACE_SOURCE / "papo_space.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # registered first: its dataclasses look their module up
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
-
-
-# --------------------------------------------------------------------------------------------------------
-# The Space folder
-# --------------------------------------------------------------------------------------------------------
-
-
 def build_space_repo(
     out_dir: str | os.PathLike,
     *,
@@ -514,26 +240,6 @@ def build_space_repo(
                 _refuse_local_paths(folder, Path(source).expanduser())
 
     return _build_atomically(Path(out_dir), write, overwrite=overwrite, source=SPACE_SOURCE)
-
-
-def _sdk_version() -> str:
-    """The Gradio the Space runs: the installed one when it is in the `space` extra's range, else its floor."""
-    import re
-
-    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
-    spec = next(s for s in project["optional-dependencies"]["space"] if s.startswith("gradio"))
-    floor = re.search(r">=\s*([\d.]+)", spec).group(1)
-    try:
-        from importlib.metadata import version
-
-        from packaging.requirements import Requirement
-
-        installed = version("gradio")
-        if Requirement(spec).specifier.contains(installed):
-            return installed
-    except Exception:  # gradio not installed here: the floor of the range
-        pass
-    return floor + ".0" * (2 - floor.count("."))
 
 
 def _space_card(
@@ -624,11 +330,6 @@ def _command(repo_id, models, variables, eval_dataset, baseline_eval_dataset, ha
     if "PAPO_DEVICE" in variables:
         parts += ["--device", variables["PAPO_DEVICE"]]
     return shlex.join(parts)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Pushing
-# --------------------------------------------------------------------------------------------------------
 
 
 def push_space(
