@@ -5,21 +5,17 @@ import json
 
 import pytest
 import torch
+from trainer_testing import G, synthetic_train_rows, tiny_config, tiny_trainer
 
 import papo.trainer as trainer_module
 from papo.cli import main
-from papo.data.loading import load_training_dataset
-from papo.data.synthetic import make_synthetic_dataset
-from papo.modeling import LANGUAGE_LORA_TARGETS, load_processor
-from papo.trainer import PAPOConfig, PAPOTrainer
-
-G = 4
+from papo.modeling import LANGUAGE_LORA_TARGETS
+from papo.trainer import PAPOTrainer
 
 
 @pytest.fixture(scope="module")
 def train_dataset():
-    data = make_synthetic_dataset(num_train=16, num_test=1, seed=0)["train"]
-    return load_training_dataset(data, show_progress=False)[0]
+    return synthetic_train_rows(16)
 
 
 def _random_rewards():
@@ -38,30 +34,13 @@ def _random_rewards():
 
 def _trainer(tmp_path, model_dir, dataset, lora_dropout=0.0, **overrides):
     from peft import LoraConfig
-    from transformers import AutoModelForImageTextToText
 
-    values = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=G,
-        num_generations=G,
-        max_completion_length=8,
-        max_steps=2,
-        learning_rate=5e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        dataloader_num_workers=0,
-    )
-    values.update(overrides)
-    return PAPOTrainer(
-        model=AutoModelForImageTextToText.from_pretrained(model_dir),
-        processing_class=load_processor(model_dir),
+    return tiny_trainer(
+        PAPOTrainer,
+        model_dir,
+        dataset,
+        tiny_config(tmp_path, **{"learning_rate": 5e-2, **overrides}),  # a large step: the adapter moves
         reward_funcs=_random_rewards(),
-        args=PAPOConfig(**values),
-        train_dataset=dataset,
         peft_config=LoraConfig(
             r=4, lora_alpha=8, lora_dropout=lora_dropout, target_modules=LANGUAGE_LORA_TARGETS
         ),

@@ -6,35 +6,24 @@ import copy
 
 import pytest
 import torch
-from test_trainer import _generation_inputs as _rows  # each row G times, as TRL's sampler
-from test_trainer import _loss_and_grads
+from trainer_testing import G, synthetic_train_rows, tiny_config, tiny_trainer
+from trainer_testing import generation_inputs as _rows  # each row G times, as TRL's sampler
+from trainer_testing import loss_and_grads as _loss_and_grads
 from trl import GRPOTrainer
 
 import papo.trainer as trainer_module
-from papo.data.loading import load_training_dataset
-from papo.data.synthetic import make_synthetic_dataset
 from papo.followups import pgpo_token_weights, visual_dependency, vppo_token_gate
-from papo.rewards import PAPO_REWARD_WEIGHTS, make_reward_funcs
-from papo.trainer import PAPOConfig, PAPOTrainer
-
-G = 4
+from papo.rewards import make_reward_funcs
+from papo.trainer import PAPOTrainer
 
 
 @pytest.fixture(scope="module")
 def train_dataset():
-    data = make_synthetic_dataset(num_train=8, num_test=1, seed=0)["train"]
-    return load_training_dataset(data, show_progress=False)[0]
+    return synthetic_train_rows(8)
 
 
-def _config(tmp_path, **overrides) -> PAPOConfig:
-    values = dict(
-        output_dir=str(tmp_path), per_device_train_batch_size=G, num_generations=G, max_completion_length=8,
-        max_steps=2, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        bf16=False, seed=0, loss_type="bnpo", beta=0.0, epsilon=0.2, epsilon_high=0.3,
-        reward_weights=PAPO_REWARD_WEIGHTS, dataloader_num_workers=0, perception_loss=False,
-    )  # fmt: skip
-    values.update(overrides)
-    return PAPOConfig(**values)
+def _config(tmp_path, **overrides):
+    return tiny_config(tmp_path, **{"perception_loss": False, **overrides})
 
 
 def _length_reward(completions, **kwargs):
@@ -43,17 +32,13 @@ def _length_reward(completions, **kwargs):
 
 
 def _trainer(cls, model_dir, dataset, args, model=None, reward_funcs=None):
-    from transformers import AutoModelForImageTextToText
-
-    from papo.modeling import load_processor
-
-    model = model if model is not None else AutoModelForImageTextToText.from_pretrained(model_dir)
-    return cls(
+    return tiny_trainer(
+        cls,
+        model_dir,
+        dataset,
+        args,
         model=model,
-        processing_class=load_processor(model_dir),
         reward_funcs=reward_funcs or [*make_reward_funcs()[:1], _length_reward],
-        args=args,
-        train_dataset=dataset,
     )
 
 

@@ -6,97 +6,44 @@ import json
 
 import pytest
 import torch
+from trainer_testing import (
+    G,
+    generation_inputs,
+    loss_and_grads,
+    synthetic_train_rows,
+    tiny_config,
+    tiny_trainer,
+)
 from trl import GRPOTrainer
 
 import papo.trainer as trainer_module
-from papo.data.loading import load_training_dataset
-from papo.data.synthetic import make_synthetic_dataset
 from papo.dynamic_sampling import gather_rows
-from papo.modeling import load_processor
-from papo.rewards import PAPO_REWARD_WEIGHTS, make_reward_funcs
-from papo.trainer import PAPOConfig, PAPOTrainer
-
-G = 4
+from papo.trainer import PAPOTrainer
 
 
 @pytest.fixture(scope="module")
 def train_dataset():
-    data = make_synthetic_dataset(num_train=16, num_test=1, seed=0)["train"]
-    return load_training_dataset(data, show_progress=False)[0]
-
-
-def _config(tmp_path, **overrides) -> PAPOConfig:
-    values = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=G,
-        num_generations=G,
-        max_completion_length=8,
-        max_steps=2,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        loss_type="bnpo",
-        beta=0.0,
-        epsilon=0.2,
-        epsilon_high=0.3,
-        reward_weights=PAPO_REWARD_WEIGHTS,
-        dataloader_num_workers=0,
-    )
-    values.update(overrides)
-    return PAPOConfig(**values)
-
-
-def _trainer(cls, model_dir, dataset, args, model=None, peft_config=None, reward_funcs=None):
-    from transformers import AutoModelForImageTextToText
-
-    model = model if model is not None else AutoModelForImageTextToText.from_pretrained(model_dir)
-    return cls(
-        model=model,
-        processing_class=load_processor(model_dir),
-        reward_funcs=reward_funcs or make_reward_funcs(),
-        args=args,
-        train_dataset=dataset,
-        peft_config=peft_config,
-    )
-
-
-def _generation_inputs(dataset, rows=(0, 1)):
-    """What TRL's RepeatSampler hands to generation: each row repeated G times, consecutively."""
-    return [dataset[i] for i in rows for _ in range(G)]
-
-
-def _loss_and_grads(trainer, inputs):
-    trainer.model.train()
-    trainer.model.zero_grad()
-    trainer.current_gradient_accumulation_steps = 1
-    loss = trainer.compute_loss(trainer.model, inputs)
-    loss.backward()
-    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads
+    return synthetic_train_rows(16)
 
 
 def test_gamma_zero_matches_grpo_loss_and_gradients(tmp_path, tiny_model_dirs, train_dataset):
     model_dir = tiny_model_dirs["qwen2_5_vl"]
-    args = _config(tmp_path, perception_kl_coef=0.0, beta=0.01)
-    papo = _trainer(PAPOTrainer, model_dir, train_dataset, args)
-    grpo = _trainer(GRPOTrainer, model_dir, train_dataset, args, model=copy.deepcopy(papo.model))
+    args = tiny_config(tmp_path, perception_kl_coef=0.0, beta=0.01)
+    papo = tiny_trainer(PAPOTrainer, model_dir, train_dataset, args)
+    grpo = tiny_trainer(GRPOTrainer, model_dir, train_dataset, args, model=copy.deepcopy(papo.model))
     papo.model.train()
     torch.manual_seed(0)
-    inputs = papo._generate_and_score_completions(_generation_inputs(train_dataset))
+    inputs = papo._generate_and_score_completions(generation_inputs(train_dataset))
     assert inputs["masked_per_token_logps"].shape == inputs["completion_ids"].shape
-    papo_loss, papo_grads = _loss_and_grads(papo, inputs)
-    grpo_loss, grpo_grads = _loss_and_grads(grpo, inputs)
+    papo_loss, papo_grads = loss_and_grads(papo, inputs)
+    grpo_loss, grpo_grads = loss_and_grads(grpo, inputs)
     torch.testing.assert_close(papo_loss, grpo_loss)
     assert papo_grads.keys() == grpo_grads.keys() and papo_grads
     for name in papo_grads:
         torch.testing.assert_close(papo_grads[name], grpo_grads[name], msg=name)
     # and with γ > 0 they differ: the test can fail
     papo.args.perception_kl_coef = 0.5
-    loss_with_kl, grads_with_kl = _loss_and_grads(papo, inputs)
+    loss_with_kl, grads_with_kl = loss_and_grads(papo, inputs)
     assert not torch.allclose(loss_with_kl, grpo_loss)
     assert any(not torch.allclose(grads_with_kl[n], grpo_grads[n]) for n in grpo_grads)
 
@@ -122,21 +69,21 @@ def test_masked_branch_gradient_only_when_recomputed(
     with recompute_masked_logps the masked branch is re-run with gradient inside the loss."""
     model_dir = tiny_model_dirs["qwen2_5_vl"]
     # only the masked-entropy term: its gradient exists iff the masked branch has one
-    args = _config(
+    args = tiny_config(
         tmp_path, perception_kl_coef=0.0, entropy_masked_coef=1.0, recompute_masked_logps=recompute
     )
-    trainer = _trainer(PAPOTrainer, model_dir, train_dataset, args)
+    trainer = tiny_trainer(PAPOTrainer, model_dir, train_dataset, args)
     trainer.model.train()
-    inputs = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    inputs = trainer._generate_and_score_completions(generation_inputs(train_dataset))
     assert not inputs["masked_per_token_logps"].requires_grad
     assert ("masked_pixel_values" in inputs) == recompute
     calls = _count_forwards(trainer, monkeypatch)
-    _, grads = _loss_and_grads(trainer, inputs)
+    _, grads = loss_and_grads(trainer, inputs)
     assert len(calls) == (2 if recompute else 1)  # TRL's training forward is reused, never repeated
 
-    args0 = _config(tmp_path, perception_kl_coef=0.0, recompute_masked_logps=recompute)
-    baseline = _trainer(PAPOTrainer, model_dir, train_dataset, args0, model=copy.deepcopy(trainer.model))
-    _, base_grads = _loss_and_grads(baseline, inputs)
+    args0 = tiny_config(tmp_path, perception_kl_coef=0.0, recompute_masked_logps=recompute)
+    baseline = tiny_trainer(PAPOTrainer, model_dir, train_dataset, args0, model=copy.deepcopy(trainer.model))
+    _, base_grads = loss_and_grads(baseline, inputs)
     differs = any(not torch.allclose(grads[n], base_grads[n]) for n in base_grads)
     assert differs == recompute
 
@@ -145,10 +92,10 @@ def test_masked_pass_reuses_tokens_and_positions_only_images_differ(
     tmp_path, tiny_model_dirs, train_dataset, monkeypatch
 ):
     model_dir = tiny_model_dirs["qwen2_5_vl"]
-    trainer = _trainer(PAPOTrainer, model_dir, train_dataset, _config(tmp_path, beta=0.01))
+    trainer = tiny_trainer(PAPOTrainer, model_dir, train_dataset, tiny_config(tmp_path, beta=0.01))
     trainer.model.train()
     calls = _count_forwards(trainer, monkeypatch)
-    out = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    out = trainer._generate_and_score_completions(generation_inputs(train_dataset))
     # calls: the reference pass (original images, adapterless/ref) then PAPO's masked pass
     (ref_args, ref_kwargs, _), (masked_args, masked_kwargs, masked_result) = calls[-2], calls[-1]
     input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
@@ -175,8 +122,8 @@ def test_masked_pass_reuses_tokens_and_positions_only_images_differ(
 def test_one_mask_per_prompt_shared_by_its_group(tmp_path, tiny_model_dirs, train_dataset, monkeypatch):
     """per_device_train_batch_size < num_generations: a group spans micro-batches, its mask does not change."""
     model_dir = tiny_model_dirs["qwen2_5_vl"]
-    args = _config(tmp_path, per_device_train_batch_size=2, steps_per_generation=4)
-    trainer = _trainer(PAPOTrainer, model_dir, train_dataset, args)
+    args = tiny_config(tmp_path, per_device_train_batch_size=2, steps_per_generation=4)
+    trainer = tiny_trainer(PAPOTrainer, model_dir, train_dataset, args)
     import papo.masking
 
     seeds = []
@@ -188,10 +135,10 @@ def test_one_mask_per_prompt_shared_by_its_group(tmp_path, tiny_model_dirs, trai
 
     monkeypatch.setattr(papo.masking, "mask_images", recording)  # what masked_copies draws with
     trainer.model.train()
-    trainer._generate_and_score_completions(_generation_inputs(train_dataset, rows=(0, 1)))
+    trainer._generate_and_score_completions(generation_inputs(train_dataset, rows=(0, 1)))
     assert seeds[:G] == [seeds[0]] * G and seeds[G:] == [seeds[G]] * G and seeds[0] != seeds[G]
     trainer.state.global_step += 1  # the next generation round draws fresh masks
-    trainer._generate_and_score_completions(_generation_inputs(train_dataset, rows=(0, 1)))
+    trainer._generate_and_score_completions(generation_inputs(train_dataset, rows=(0, 1)))
     assert seeds[2 * G] != seeds[0]
 
 
@@ -207,9 +154,9 @@ def test_short_lora_training_run_logs_perception_kl(tmp_path, tiny_model_dirs, t
     from papo.train import JsonlMetricsCallback
 
     model_dir = tiny_model_dirs[arch]
-    args = _config(tmp_path, max_steps=2, beta=0.01, perception_kl_coef=0.02)
+    args = tiny_config(tmp_path, max_steps=2, beta=0.01, perception_kl_coef=0.02)
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=LANGUAGE_LORA_TARGETS)
-    trainer = _trainer(PAPOTrainer, model_dir, train_dataset, args, peft_config=peft_config)
+    trainer = tiny_trainer(PAPOTrainer, model_dir, train_dataset, args, peft_config=peft_config)
     trainer.add_callback(JsonlMetricsCallback(tmp_path / "metrics.jsonl"))
     before = _adapter_weights(trainer.model)
     assert before and not any("visual" in n for n in before)  # vision tower frozen under LoRA
@@ -233,25 +180,25 @@ def test_short_lora_training_run_logs_perception_kl(tmp_path, tiny_model_dirs, t
 
 
 def test_correct_only_mode_weights_by_accuracy(tmp_path, tiny_model_dirs, train_dataset):
-    args = _config(tmp_path, perception_kl_apply_mode="correct_only")
-    trainer = _trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, args)
+    args = tiny_config(tmp_path, perception_kl_apply_mode="correct_only")
+    trainer = tiny_trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, args)
     trainer.model.train()
-    inputs = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    inputs = trainer._generate_and_score_completions(generation_inputs(train_dataset))
     # an untrained model answers nothing correctly: every rollout gets weight 0, the KL term vanishes
     assert torch.equal(inputs["papo_accuracy"], torch.zeros(2 * G))
-    loss, _ = _loss_and_grads(trainer, inputs)
+    loss, _ = loss_and_grads(trainer, inputs)
     trainer.args.perception_kl_coef = 0.0
-    loss_without, _ = _loss_and_grads(trainer, inputs)
+    loss_without, _ = loss_and_grads(trainer, inputs)
     torch.testing.assert_close(loss, loss_without)
 
 
 def test_bad_papo_settings_fail_at_configuration(tmp_path):
     with pytest.raises(ValueError, match="mask_ratio|ratio"):
-        _config(tmp_path, mask_ratio=1.5)
+        tiny_config(tmp_path, mask_ratio=1.5)
     with pytest.raises(ValueError, match="schedule"):
-        _config(tmp_path, perception_kl_schedule="cosine")
+        tiny_config(tmp_path, perception_kl_schedule="cosine")
     with pytest.raises(ValueError, match="entropy_estimator"):
-        _config(tmp_path, entropy_estimator="nope")
+        tiny_config(tmp_path, entropy_estimator="nope")
 
 
 def _scripted_accuracy(script):
@@ -272,25 +219,25 @@ def _format_reward(completions, **kwargs):
 
 def test_perception_loss_off_is_plain_grpo(tmp_path, tiny_model_dirs, train_dataset, monkeypatch):
     model_dir = tiny_model_dirs["qwen2_5_vl"]
-    args = _config(tmp_path, perception_loss=False, beta=0.01)
-    papo = _trainer(PAPOTrainer, model_dir, train_dataset, args)
-    grpo = _trainer(GRPOTrainer, model_dir, train_dataset, args, model=copy.deepcopy(papo.model))
+    args = tiny_config(tmp_path, perception_loss=False, beta=0.01)
+    papo = tiny_trainer(PAPOTrainer, model_dir, train_dataset, args)
+    grpo = tiny_trainer(GRPOTrainer, model_dir, train_dataset, args, model=copy.deepcopy(papo.model))
     papo.model.train()
     calls = _count_forwards(papo, monkeypatch)
-    inputs = papo._generate_and_score_completions(_generation_inputs(train_dataset))
+    inputs = papo._generate_and_score_completions(generation_inputs(train_dataset))
     assert "masked_per_token_logps" not in inputs
     assert len(calls) == 1  # the reference pass only: no masked forward
-    papo_loss, papo_grads = _loss_and_grads(papo, inputs)
-    grpo_loss, grpo_grads = _loss_and_grads(grpo, inputs)
+    papo_loss, papo_grads = loss_and_grads(papo, inputs)
+    grpo_loss, grpo_grads = loss_and_grads(grpo, inputs)
     torch.testing.assert_close(papo_loss, grpo_loss)
     for name in grpo_grads:
         torch.testing.assert_close(papo_grads[name], grpo_grads[name])
 
 
 def test_gather_rows_rebuilds_the_batch(tmp_path, tiny_model_dirs, train_dataset):
-    trainer = _trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, _config(tmp_path))
+    trainer = tiny_trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, tiny_config(tmp_path))
     trainer.model.train()
-    output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    output = trainer._generate_and_score_completions(generation_inputs(train_dataset))
     split = trainer_module.split_pixel_values_by_grid(output)
     rows = [(split, i) for i in range(output["completion_ids"].size(0))]
     rebuilt = trainer_module.unsplit_pixel_values_by_grid(gather_rows(rows, trainer._pad_token_id))
@@ -305,8 +252,8 @@ def test_gather_rows_rebuilds_the_batch(tmp_path, tiny_model_dirs, train_dataset
 
 def _dapo_trainer(tmp_path, tiny_model_dirs, train_dataset, script, **overrides):
     accuracy, calls = _scripted_accuracy(script)
-    args = _config(tmp_path, dynamic_sampling=True, perception_kl_coef=0.01, **overrides)
-    trainer = _trainer(
+    args = tiny_config(tmp_path, dynamic_sampling=True, perception_kl_coef=0.01, **overrides)
+    trainer = tiny_trainer(
         PAPOTrainer,
         tiny_model_dirs["qwen2_5_vl"],
         train_dataset,
@@ -327,7 +274,7 @@ def test_dynamic_sampling_refills_with_informative_groups(tmp_path, tiny_model_d
         return _half_right(n // 2) + [0.0] * (n // 2) if k == 1 else _half_right(n)
 
     trainer, calls = _dapo_trainer(tmp_path, tiny_model_dirs, train_dataset, script)
-    output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    output = trainer._generate_and_score_completions(generation_inputs(train_dataset))
     assert len(calls) == 2  # one refill draw, of a whole generation batch (official fixed-size draws)
     assert trainer.dynamic_sampling_kept == [[(0, 0), (1, 0)]]  # draw order, truncated to one batch
     assert output["completion_ids"].size(0) == 2 * G
@@ -337,14 +284,14 @@ def test_dynamic_sampling_refills_with_informative_groups(tmp_path, tiny_model_d
     assert int(output["num_items_in_batch"]) == int(output["completion_mask"].sum())
     assert trainer._metrics["train"]["dynamic_sampling/draws"] == [2.0]
     assert output["masked_per_token_logps"].shape == output["completion_ids"].shape
-    loss, _ = _loss_and_grads(trainer, output)
+    loss, _ = loss_and_grads(trainer, output)
     assert torch.isfinite(loss)
 
 
 def test_dynamic_sampling_keeps_a_draw_where_no_group_survives(tmp_path, tiny_model_dirs, train_dataset):
     """Official rule: if every group of a draw is all right or all wrong, the whole draw is kept."""
     trainer, calls = _dapo_trainer(tmp_path, tiny_model_dirs, train_dataset, lambda k, n: [0.0] * n)
-    output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    output = trainer._generate_and_score_completions(generation_inputs(train_dataset))
     assert len(calls) == 1 and trainer.dynamic_sampling_kept == [[(0, 0), (0, 1)]]
     assert output["completion_ids"].size(0) == 2 * G
 
@@ -360,7 +307,7 @@ def test_dynamic_sampling_raises_after_max_tries(tmp_path, tiny_model_dirs, trai
         tmp_path, tiny_model_dirs, train_dataset, _one_group_informative, dynamic_sampling_max_tries=1
     )
     with pytest.raises(DynamicSamplingExhausted, match="1/2 groups after 1 draws"):
-        trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+        trainer._generate_and_score_completions(generation_inputs(train_dataset))
     assert len(calls) == 1
 
 
@@ -373,7 +320,7 @@ def test_dynamic_sampling_top_up_option(tmp_path, tiny_model_dirs, train_dataset
         dynamic_sampling_max_tries=1,
         dynamic_sampling_on_exhaust="top_up",
     )
-    output = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    output = trainer._generate_and_score_completions(generation_inputs(train_dataset))
     assert len(calls) == 1 and output["completion_ids"].size(0) == 2 * G
     assert trainer.dynamic_sampling_kept == [[(0, 0), (0, 1)]]
     assert "only 1/2 informative groups after 1 draws" in caplog.text
@@ -419,8 +366,8 @@ def test_each_algorithm_trains_the_adapter(tmp_path, tiny_model_dirs, train_data
     accuracy, _ = _scripted_accuracy(
         lambda k, n: torch.randint(0, 2, (n,), generator=generator).float().tolist()
     )
-    args = _config(tmp_path, max_steps=2, **ALGORITHMS[algorithm])
-    trainer = _trainer(
+    args = tiny_config(tmp_path, max_steps=2, **ALGORITHMS[algorithm])
+    trainer = tiny_trainer(
         PAPOTrainer,
         tiny_model_dirs["qwen2_5_vl"],
         train_dataset,
@@ -443,8 +390,8 @@ def test_micro_batch_smaller_than_group_trains(tmp_path, tiny_model_dirs, train_
 
     from papo.modeling import LANGUAGE_LORA_TARGETS
 
-    args = _config(tmp_path, per_device_train_batch_size=2, steps_per_generation=2, max_steps=2)
-    trainer = _trainer(
+    args = tiny_config(tmp_path, per_device_train_batch_size=2, steps_per_generation=2, max_steps=2)
+    trainer = tiny_trainer(
         PAPOTrainer,
         tiny_model_dirs["qwen2_5_vl"],
         train_dataset,
@@ -459,16 +406,16 @@ def test_micro_batch_smaller_than_group_trains(tmp_path, tiny_model_dirs, train_
 def test_entropy_estimators_and_accumulation_scaling(tmp_path, tiny_model_dirs, train_dataset):
     """η1 with the sampled (official) or full-vocabulary entropy; PAPO terms scale with accumulation
     exactly like TRL's loss (bnpo: divided by the accumulation steps)."""
-    args = _config(tmp_path, perception_kl_coef=0.0, entropy_original_coef=1.0)
-    trainer = _trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, args)
+    args = tiny_config(tmp_path, perception_kl_coef=0.0, entropy_original_coef=1.0)
+    trainer = tiny_trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, args)
     trainer.model.train()
-    inputs = trainer._generate_and_score_completions(_generation_inputs(train_dataset))
+    inputs = trainer._generate_and_score_completions(generation_inputs(train_dataset))
     trainer.args.entropy_original_coef = 0.0
-    base, _ = _loss_and_grads(trainer, inputs)
+    base, _ = loss_and_grads(trainer, inputs)
     trainer.args.entropy_original_coef = 1.0
-    sampled, _ = _loss_and_grads(trainer, inputs)
+    sampled, _ = loss_and_grads(trainer, inputs)
     trainer.args.entropy_estimator = "full"
-    full, _ = _loss_and_grads(trainer, inputs)
+    full, _ = loss_and_grads(trainer, inputs)
     assert sampled > base and full > base and not torch.isclose(sampled, full)
     trainer.current_gradient_accumulation_steps = 4
     trainer.model.zero_grad()
