@@ -18,13 +18,11 @@ import torch
 import trl.generation.vllm_generation as vllm_generation
 from peft import LoraConfig
 from PIL import Image
+from trainer_testing import generation_inputs, synthetic_train_rows, tiny_config, tiny_trainer
 from trl.generation.vllm_client import VLLMClient
 from trl.generation.vllm_generation import VLLMGeneration
 
-from papo.data.loading import load_training_dataset
-from papo.data.synthetic import make_synthetic_dataset
 from papo.modeling import LANGUAGE_LORA_TARGETS, load_processor
-from papo.rewards import PAPO_REWARD_WEIGHTS, make_reward_funcs
 from papo.trainer import PAPOConfig, PAPOTrainer
 from papo.vllm_check import (
     ScoredPrompt,
@@ -40,7 +38,6 @@ from papo.vllm_check import (
     weight_fingerprint,
 )
 
-G = 4
 IMAGE = 7  # a stand-in image token id for the unit tests
 
 
@@ -215,8 +212,7 @@ class FakeServer:
 
 @pytest.fixture(scope="module")
 def dataset():
-    data = make_synthetic_dataset(num_train=8, num_test=1, seed=0, tasks="drawn")["train"]  # 64-px images
-    return load_training_dataset(data, show_progress=False)[0]
+    return synthetic_train_rows(8, tasks="drawn")  # 64-px images
 
 
 def _completion(processor) -> list[int]:
@@ -239,7 +235,6 @@ def _tokens_per_image(processor, max_pixels=None):
 
 def vllm_trainer(tmp_path, model_dir, dataset, monkeypatch, engine, mode="colocate", **overrides):
     """A PAPOTrainer with use_vllm=True whose vLLM engine is `engine` (TRL's VLLMGeneration otherwise)."""
-    from transformers import AutoModelForImageTextToText
 
     def attach_engine(self):
         if self.mode == "colocate":
@@ -249,35 +244,11 @@ def vllm_trainer(tmp_path, model_dir, dataset, monkeypatch, engine, mode="coloca
 
     monkeypatch.setattr(VLLMGeneration, "_init_vllm", attach_engine)
     monkeypatch.setattr(vllm_generation, "SamplingParams", dict, raising=False)  # vllm's, absent here
-    args = PAPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=G,
-        num_generations=G,
-        max_completion_length=16,
-        max_steps=1,
-        learning_rate=1e-3,
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        loss_type="bnpo",
-        beta=0.0,
-        reward_weights=PAPO_REWARD_WEIGHTS,
-        use_vllm=True,
-        vllm_mode=mode,
-        **overrides,
+    args = tiny_config(
+        tmp_path, max_completion_length=16, max_steps=1, use_vllm=True, vllm_mode=mode, **overrides
     )
-    return PAPOTrainer(
-        model=AutoModelForImageTextToText.from_pretrained(model_dir),
-        processing_class=load_processor(model_dir),
-        reward_funcs=make_reward_funcs(),
-        args=args,
-        train_dataset=dataset,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=LANGUAGE_LORA_TARGETS),
-    )
-
-
-def _rollout_inputs(dataset, rows=(0, 1)):
-    return [dataset[i] for i in rows for _ in range(G)]
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=LANGUAGE_LORA_TARGETS)
+    return tiny_trainer(PAPOTrainer, model_dir, dataset, args, peft_config=lora)
 
 
 def test_colocate_rollouts_pass_the_check_and_masked_logps_come_from_the_training_model(
@@ -288,7 +259,7 @@ def test_colocate_rollouts_pass_the_check_and_masked_logps_come_from_the_trainin
     engine = FakeLLM(processor.image_token_id, _completion(processor))
     trainer = vllm_trainer(tmp_path, model_dir, dataset, monkeypatch, engine)
     trainer.model.train()
-    inputs = _rollout_inputs(dataset)
+    inputs = generation_inputs(dataset)
     forwards = []
     original_forward = trainer._get_per_token_logps_and_entropies
 
@@ -324,7 +295,7 @@ def test_colocate_reexpanded_placeholders_stop_the_run(tmp_path, tiny_model_dirs
     with pytest.raises(
         VLLMPromptMismatch, match=r"rollout 0: vLLM ran a prompt of \d+ tokens with image-token runs"
     ):
-        trainer._generate_and_score_completions(_rollout_inputs(dataset))
+        trainer._generate_and_score_completions(generation_inputs(dataset))
 
 
 def test_checks_can_be_turned_off(tmp_path, tiny_model_dirs, dataset, monkeypatch):
@@ -333,7 +304,7 @@ def test_checks_can_be_turned_off(tmp_path, tiny_model_dirs, dataset, monkeypatc
     engine = FakeLLM(processor.image_token_id, _completion(processor), expand_again=True)
     trainer = vllm_trainer(tmp_path, model_dir, dataset, monkeypatch, engine, vllm_checks=False)
     trainer.model.train()
-    trainer._generate_and_score_completions(_rollout_inputs(dataset))  # corrupted, unchecked: no error
+    trainer._generate_and_score_completions(generation_inputs(dataset))  # corrupted, unchecked: no error
     assert trainer._vllm_calls == []
 
 
@@ -347,7 +318,7 @@ def test_server_image_tokens_must_match_the_prompt(
     engine = FakeServer(_tokens_per_image(processor, server_max_pixels), _completion(processor))
     trainer = vllm_trainer(tmp_path, model_dir, dataset, monkeypatch, engine, mode="server")
     trainer.model.train()
-    inputs = _rollout_inputs(dataset)
+    inputs = generation_inputs(dataset)
     if fails:
         with pytest.raises(VLLMPromptMismatch, match="prompt 0: the vLLM server processed its images into"):
             trainer._generate_and_score_completions(inputs)

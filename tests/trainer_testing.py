@@ -16,9 +16,9 @@ from papo.trainer import PAPOConfig
 G = 4  # completions per prompt
 
 
-def synthetic_train_rows(num_train: int = 16):
-    """`num_train` synthetic training rows in the training schema (seed 0)."""
-    data = make_synthetic_dataset(num_train=num_train, num_test=1, seed=0)["train"]
+def synthetic_train_rows(num_train: int = 16, **options):
+    """`num_train` synthetic training rows in the training schema (seed 0; `options`: e.g. tasks="drawn")."""
+    data = make_synthetic_dataset(num_train=num_train, num_test=1, seed=0, **options)["train"]
     return load_training_dataset(data, show_progress=False)[0]
 
 
