@@ -268,7 +268,6 @@ def build_tiny_vlm(architecture: str = "qwen2_5_vl", seed: int = 0, spec: TinyVL
     The weights depend only on `seed` (and `spec`): the same call gives the same model anywhere.
     """
     from transformers import (
-        GenerationConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen3VLForConditionalGeneration,
     )
@@ -289,16 +288,27 @@ def build_tiny_vlm(architecture: str = "qwen2_5_vl", seed: int = 0, spec: TinyVL
     with _seeded(seed):
         model = model_cls(config)
     tok = processor.tokenizer
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")],
-        pad_token_id=tok.pad_token_id,
+    model.generation_config = sampling_generation_config(
+        bos=tok.convert_tokens_to_ids("<|endoftext|>"),
+        stop=[tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")],
+        pad=tok.pad_token_id,
+    )
+    return model.eval(), processor
+
+
+def sampling_generation_config(bos: int, stop: list[int], pad: int):
+    """What every tiny model samples with: plain sampling at T = 1 (no top-p/top-k), stopping at `stop`."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=bos,
+        eos_token_id=stop,
+        pad_token_id=pad,
         do_sample=True,
         temperature=1.0,
         top_p=1.0,
         top_k=0,
     )
-    return model.eval(), processor
 
 
 def save_tiny_vlm(

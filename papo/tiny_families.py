@@ -27,7 +27,7 @@ import json
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from papo.tiny import _TOKENIZER_CORPUS, TinyVLMSpec, _seeded
+from papo.tiny import _TOKENIZER_CORPUS, TinyVLMSpec, _seeded, sampling_generation_config
 
 # --- Gemma 3 ---------------------------------------------------------------------------------------
 
@@ -270,7 +270,6 @@ def build_family_config(architecture: str, tokenizer, spec: TinyVLMSpec | None =
 
 def build_tiny_family_vlm(architecture: str, seed: int = 0, spec: TinyVLMSpec | None = None):
     """(model, processor) for 'gemma3' or 'smolvlm': real classes, tiny sizes, weights from `seed`, eval, fp32."""
-    from transformers import GenerationConfig
 
     spec = spec or TinyVLMSpec()
     processor = build_family_processor(architecture, spec)
@@ -294,13 +293,5 @@ def build_tiny_family_vlm(architecture: str, seed: int = 0, spec: TinyVLMSpec | 
             weight = model.model.multi_modal_projector.mm_input_projection_weight
             with torch.no_grad():
                 weight.normal_(0.0, weight.size(0) ** -0.5)
-    model.generation_config = GenerationConfig(
-        bos_token_id=bos,
-        eos_token_id=stop,
-        pad_token_id=tok.pad_token_id,
-        do_sample=True,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-    )
+    model.generation_config = sampling_generation_config(bos=bos, stop=stop, pad=tok.pad_token_id)
     return model.eval(), processor
