@@ -238,6 +238,9 @@ def test_gather_rows_rebuilds_the_batch(tmp_path, tiny_model_dirs, train_dataset
     trainer = tiny_trainer(PAPOTrainer, tiny_model_dirs["qwen2_5_vl"], train_dataset, tiny_config(tmp_path))
     trainer.model.train()
     output = trainer._generate_and_score_completions(generation_inputs(train_dataset))
+    # the layout gather_rows re-pads by (papo.dynamic_sampling): TRL's token types span prompt + completion
+    width = output["prompt_ids"].size(1) + output["completion_ids"].size(1)
+    assert output["mm_token_type_ids"].size(1) == width
     split = trainer_module.split_pixel_values_by_grid(output)
     rows = [(split, i) for i in range(output["completion_ids"].size(0))]
     rebuilt = trainer_module.unsplit_pixel_values_by_grid(gather_rows(rows, trainer._pad_token_id))
