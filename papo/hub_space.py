@@ -2,12 +2,12 @@
 
 ``build_space_repo`` writes, in a local folder, exactly the files of the Space repo:
 
-- the app (``app.py``, ``papo_space.py``, copied from ``space/``);
+- the app (``app.py`` and its ``space_*.py`` modules, copied from ``space/``);
 - papo-hub itself as a wheel built from this source tree (``papo_hub-<version>-py3-none-any.whl``), so the Space
   runs the code that built it, before papo-hub is on PyPI and without a git URL. The embedded demo models
   (``papo/assets``, about 5 MB) go into the wheel only when the Space runs them (no adapter given);
 - ``requirements.txt``: papo-hub's dependencies and its ``space`` extra, pinned as in ``pyproject.toml`` (read
-  from the wheel's metadata). The wheel itself is imported by the app (``papo_space.use_shipped_wheel``), not
+  from the wheel's metadata). The wheel itself is imported by the app (``space_config.use_shipped_wheel``), not
   installed by ``requirements.txt``: a Space's build may install that file before the rest of the repo is in
   place, where a relative path to the wheel would not resolve;
 - ``examples/``: with an adapter, the example gallery (``pick_space_examples``); without, the Space builds the
@@ -27,7 +27,7 @@ variable.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import io
 import json
 import logging
@@ -73,10 +73,17 @@ __all__ = [
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPACE_SOURCE = PROJECT_ROOT / "space"
-SPACE_APP_FILES = ("app.py", "papo_space.py")
+SPACE_APP_FILES = (
+    "app.py",
+    "space_config.py",
+    "space_models.py",
+    "space_uploads.py",
+    "space_comparison.py",
+    "space_examples.py",
+)
 SPACE_CARD_TEMPLATE = CARDS_DIR / "space_card.md"
 EXAMPLES_DIR = "examples"
-EXAMPLES_MANIFEST = "examples.json"  # what space/papo_space.py's make_examples reads (SHIPPED_EXAMPLES)
+EXAMPLES_MANIFEST = "examples.json"  # what space/space_examples.py's make_examples reads (SHIPPED_EXAMPLES)
 NUM_EXAMPLES = 6
 # The variables this command owns: set from its arguments, deleted when an argument no longer asks for them.
 # Other variables (PAPO_MAX_NEW_TOKENS, ...) set by hand in the Space's settings are left alone.
@@ -175,7 +182,7 @@ def _download_adapter(adapter: str, token: str | None) -> tuple[str, str]:
 def space_variables(
     models: SpaceModels, *, load_in_4bit: bool = False, dtype: str | None = None, device: str | None = None
 ) -> dict[str, str]:
-    """The Space variables (the environment the app reads, ``space/papo_space.py``'s ``SpaceConfig``)."""
+    """The Space variables (the environment the app reads, ``space/space_config.py``'s ``SpaceConfig``)."""
     from papo.modeling import DTYPES
 
     if dtype is not None and dtype not in DTYPES:
@@ -246,7 +253,7 @@ def build_wheel(out_dir: str | os.PathLike, *, with_assets: bool) -> Path:
 def _space_requirements(wheel: Path) -> str:
     """requirements.txt: papo-hub's dependencies and its `space` extra, as the wheel's metadata pins them
     (so they match pyproject.toml), and `spaces`. The wheel itself is not listed: the app imports it from
-    the Space folder (``papo_space.use_shipped_wheel``), because a Space may install requirements.txt before
+    the Space folder (``space_config.use_shipped_wheel``), because a Space may install requirements.txt before
     the rest of the repo is in place, where a relative path to the wheel would not resolve."""
     from email.parser import Parser
 
@@ -257,7 +264,7 @@ def _space_requirements(wheel: Path) -> str:
         metadata = Parser().parsestr(archive.read(name).decode())
     lines = [
         f"# Written by `papo push space`: the dependencies of papo-hub {__version__} and of its `space` extra.",
-        f"# papo-hub itself is {wheel.name}, next to app.py, which app.py imports (see papo_space.use_shipped_wheel).",
+        f"# papo-hub itself is {wheel.name}, next to app.py, which app.py imports (see space_config.use_shipped_wheel).",
     ]
     for spec in metadata.get_all("Requires-Dist") or []:
         requirement = Requirement(spec)
@@ -290,20 +297,20 @@ def pick_space_examples(
     """The examples shipped with the Space, written as ``out_dir/examples.json`` plus their images.
 
     - No adapter: None (nothing written): the Space builds the embedded pair's examples itself
-      (``papo_space.make_examples``: the held-out digit questions on which the pair differs, then figures).
+      (``space_examples.make_examples``: the held-out digit questions on which the pair differs, then figures).
     - ``eval_dataset`` (the PAPO model's predictions, pushed with ``papo push eval``; a Hub dataset id or a
       local ``papo eval`` output folder): its questions on which the two models differ most, by
       ``|accuracy(PAPO) − accuracy(baseline)|`` per question when ``baseline_eval_dataset`` (the base model's
       predictions) is given, else by the PAPO answers' mean perception KL (the questions whose answers leaned
       most on the image); taken in turn from each benchmark.
-    - Otherwise a small neutral set: the Space's three drawn figures (``papo_space.figure_examples``).
+    - Otherwise a small neutral set: the Space's three drawn figures (``space_examples.figure_examples``).
     """
     if adapter is None:
         return None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if eval_dataset is None:
-        papo_space = _load_space_module()
+        space_examples = _load_space_module()
         picked = [
             {
                 "image": Path(e.image).name,
@@ -311,9 +318,9 @@ def pick_space_examples(
                 "reference": e.reference,
                 "source": e.source,
             }
-            for e in papo_space.figure_examples(out_dir)
+            for e in space_examples.figure_examples(out_dir)
         ]
-        how = "papo_space.figure_examples (no eval predictions given)"
+        how = "space_examples.figure_examples (no eval predictions given)"
     else:
         rows = _eval_rows(eval_dataset, token)
         baseline = None
@@ -447,18 +454,14 @@ def _slug(text: str) -> str:
 
 
 def _load_space_module():
-    """space/papo_space.py, imported from its file (it is the Space's module, not part of the package)."""
-    name = "papo_space_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SPACE_SOURCE / "papo_space.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # registered first: its dataclasses look their module up
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
+    """space/space_examples.py (the Space's module, not part of the package), imported with ``space/`` first on
+    sys.path for the duration: it imports its sibling modules (space_config, space_uploads) as in the Space."""
+    folder = str(SPACE_SOURCE)
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module("space_examples")
+    finally:
+        sys.path.remove(folder)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Run locally: `python space/app.py` (then open http://127.0.0.1:7860). With no environment variables it
 compares the embedded warm start with its PAPO-G adapter, both shipped in papo/assets (papo.embedded).
-Configuration (environment variables) and the logic live in `papo_space.py`; this file is the UI only.
+Configuration (environment variables) is `space_config.py`, the models `space_models.py`, the upload checks
+`space_uploads.py`, the comparison `space_comparison.py` and the example gallery `space_examples.py`; this
+file is the UI only.
 """
 
 from __future__ import annotations
@@ -16,27 +18,18 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # papo_space, when started from another directory
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # space_*.py, when started from elsewhere
 
-from papo_space import use_shipped_wheel  # noqa: E402
+from space_config import use_shipped_wheel  # noqa: E402
 
 # A Space built by `papo push space` runs the papo-hub wheel shipped next to this file (before papo is imported).
 SHIPPED_PAPO = use_shipped_wheel()
 
-from papo_space import (  # noqa: E402
-    LABELS,
-    SIDES,
-    TOP_K,
-    Comparison,
-    Example,
-    Models,
-    SpaceConfig,
-    SpaceError,
-    compare,
-    displayed,
-    make_examples,
-    remask,
-)
+from space_comparison import LABELS, SIDES, TOP_K, Comparison, compare, displayed, remask  # noqa: E402
+from space_config import SpaceConfig  # noqa: E402
+from space_examples import Example, make_examples  # noqa: E402
+from space_models import Models  # noqa: E402
+from space_uploads import SpaceError  # noqa: E402
 
 try:  # ZeroGPU: each request gets a GPU for the decorated function; elsewhere it is absent or a no-op
     import spaces
@@ -77,7 +70,7 @@ def image_upload(**kwargs) -> gr.Image:
     """A `gr.Image` (type="filepath") that passes the uploaded file's path on without decoding it.
 
     gr.Image would open the file itself and fail with a bare PIL error on a non-image file; the app
-    checks the file instead (`papo_space.load_image`), says what is wrong, and shrinks a huge image right
+    checks the file instead (`space_uploads.load_image`), says what is wrong, and shrinks a huge image right
     after decoding. The override is set on the instance: subclassing a Gradio component would make
     Gradio write a .pyi stub next to this file at import time.
     """

@@ -22,6 +22,8 @@ SPACE = "papo-tester/papo-demo"
 TINY_BASE = (
     "papo-tests/tiny-qwen2_5_vl"  # in the HF cache (fixture cached_base_configs), as `hf download` leaves it
 )
+SPACE_SOURCE = Path(__file__).resolve().parents[2] / "space"
+SPACE_MODULES = sorted(p.stem for p in SPACE_SOURCE.glob("*.py"))  # app and its space_* modules
 
 
 def _front_matter(readme: bytes) -> dict:
@@ -79,9 +81,10 @@ print(json.dumps([first, second]))
     files = space.files
     wheels = [p for p in files if p.endswith(".whl")]
     assert wheels == ["papo_hub-0.1.0-py3-none-any.whl"]
-    for name in ("app.py", "papo_space.py", "requirements.txt", "README.md", "examples/examples.json"):
+    for name in ("requirements.txt", "README.md", "examples/examples.json"):
         assert name in files, name
-    assert files["app.py"] == (Path(__file__).parents[2] / "space" / "app.py").read_bytes()
+    for module in SPACE_MODULES:  # every module of the Space, as in the checkout
+        assert files[f"{module}.py"] == (SPACE_SOURCE / f"{module}.py").read_bytes(), module
 
     # The wheel: papo-hub at this version, without the embedded demo models (a real adapter does not use them).
     with zipfile.ZipFile(io.BytesIO(files[wheels[0]])) as wheel:
@@ -147,26 +150,30 @@ print(json.dumps(push_space({SPACE!r}, adapter={ADAPTER!r}, eval_dataset={EVAL!r
     assert set(space.commits[-1].added) == {"README.md"} and not space.commits[-1].deleted  # the card only
     assert "--load-in-4bit" in space.files["README.md"].decode() and space.hardware == "zero-a10g"
 
-    # The Space's own code reads the examples (space/papo_space.make_examples, from the pushed files).
+    # The Space's own code reads the examples (space/space_examples.make_examples, from the pushed files), and
+    # each of its modules imports from the pushed folder.
     pulled = tmp_path / "pulled"
     for path, data in files.items():
         (pulled / path).parent.mkdir(parents=True, exist_ok=True)
         (pulled / path).write_bytes(data)
-    saved = {name: sys.modules.pop(name, None) for name in ("papo_space", "app")}  # tests/space's, if loaded
+    saved = {name: sys.modules.pop(name, None) for name in SPACE_MODULES}  # tests/space's, if loaded
     saved_path = list(sys.path)  # importing app puts the shipped wheel on sys.path
     sys.path.insert(0, str(pulled))
     try:
         import importlib
 
-        papo_space = importlib.import_module("papo_space")
-        assert Path(papo_space.__file__).parent == pulled
-        gallery = papo_space.make_examples(tmp_path / "cache", shipped=pulled / "examples" / "examples.json")
+        space_examples = importlib.import_module("space_examples")
+        gallery = space_examples.make_examples(
+            tmp_path / "cache", shipped=pulled / "examples" / "examples.json"
+        )
         import pytest
 
         with pytest.warns(RuntimeWarning, match="before the shipped papo_hub-0.1.0-py3-none-any.whl"):
             import app  # this process imported papo from the checkout already: app says it keeps that copy
 
         assert "differed most" in app.examples_label(gallery)
+        for name in SPACE_MODULES:
+            assert Path(sys.modules[name].__file__).parent == pulled, name
     finally:
         sys.path[:] = saved_path
         for name, module in saved.items():

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # space_testing, whate
 
 from space_testing import MAX_NEW_TOKENS, SPACE_DIR, free_port, make_test_adapter  # noqa: E402
 
-sys.path.insert(0, str(SPACE_DIR))  # the Space's modules: app, papo_space
+sys.path.insert(0, str(SPACE_DIR))  # the Space's modules: app, space_*
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def space_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def space_config(space_cache):
-    from papo_space import SpaceConfig
+    from space_config import SpaceConfig
 
     return SpaceConfig.from_env(
         {
@@ -46,7 +46,7 @@ def space_config(space_cache):
 
 @pytest.fixture(scope="session")
 def models(space_config):
-    from papo_space import Models
+    from space_models import Models
 
     loaded = Models(space_config)
     loaded.load()
