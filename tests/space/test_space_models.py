@@ -95,10 +95,8 @@ def test_embedded_models_failed_training_leaves_no_adapter(tmp_path, monkeypatch
 # --- loading and deployments -------------------------------------------------------------------------
 
 
-def test_models_that_fail_to_load_say_why_and_refuse_requests(space_cache, tmp_path):
-    config = SpaceConfig(
-        base_model=str(space_cache / "tiny-qwen2_5_vl"), adapter=str(tmp_path / "missing-adapter")
-    )
+def test_models_that_fail_to_load_say_why_and_refuse_requests(tiny_base, tmp_path):
+    config = SpaceConfig(base_model=str(tiny_base), adapter=str(tmp_path / "missing-adapter"))
     models = Models(config)
     models.load_in_background().join(timeout=60)
     assert models.state == "failed"
@@ -121,14 +119,14 @@ def test_background_loading_reports_its_status(space_config):
     assert "embedded demo models" in models.status()
 
 
-def test_adapter_only_deployment_in_4_bit(space_cache, example_image):
+def test_adapter_only_deployment_in_4_bit(space_cache, tiny_base, example_image):
     """PAPO_ADAPTER alone names its base model; non-embedded models get the official pixel bounds."""
     config = SpaceConfig.from_env(
         {"PAPO_ADAPTER": str(space_cache / "demo-train"), "PAPO_LOAD_IN_4BIT": "1", "PAPO_DEVICE": "cpu"}
     )
     models = Models(config)
     models.load()
-    assert models.names["baseline"] == str(space_cache / "tiny-qwen2_5_vl")
+    assert models.names["baseline"] == str(tiny_base)
     assert dict(models.processor.image_processor.size) == {
         "shortest_edge": OFFICIAL_MIN_PIXELS,
         "longest_edge": OFFICIAL_MAX_PIXELS,
@@ -138,9 +136,9 @@ def test_adapter_only_deployment_in_4_bit(space_cache, example_image):
     assert all(len(a.kl) == len(a.token_ids) > 0 for a in result.answers.values())
 
 
-def test_full_papo_model_deployment(space_cache, example_image):
+def test_full_papo_model_deployment(tiny_base, example_image):
     """PAPO_MODEL: two separate models (here the same weights, so the same answer and the same KL)."""
-    base = str(space_cache / "tiny-qwen2_5_vl")
+    base = str(tiny_base)
     models = Models(SpaceConfig.from_env({"PAPO_BASE_MODEL": base, "PAPO_MODEL": base}))
     models.load()
     assert models.papo is not None and models.papo is not models.model
