@@ -80,6 +80,7 @@ SPACE_APP_FILES = (
     "space_uploads.py",
     "space_comparison.py",
     "space_examples.py",
+    "space_render.py",
 )
 SPACE_CARD_TEMPLATE = CARDS_DIR / "space_card.md"
 EXAMPLES_DIR = "examples"
