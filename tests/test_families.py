@@ -287,7 +287,9 @@ def test_space_loads_each_family_and_scores_both_answers(arch, family_dirs, tmp_
     from peft import LoraConfig, get_peft_model
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space"))
-    from papo_space import Models, SpaceConfig, compare
+    from space_comparison import compare
+    from space_config import SpaceConfig
+    from space_models import Models
 
     base = AutoModelForImageTextToText.from_pretrained(family_dirs[arch])
     torch.manual_seed(0)

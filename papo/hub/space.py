@@ -2,12 +2,12 @@
 
 ``build_space_repo`` writes, in a local folder, exactly the files of the Space repo:
 
-- the app (``app.py``, ``papo_space.py``, copied from ``space/``);
+- the app (``app.py`` and its ``space_*.py`` modules, copied from ``space/``);
 - papo-hub itself as a wheel built from this source tree (``papo.hub.wheel``), so the Space runs the code that
   built it, before papo-hub is on PyPI and without a git URL. The embedded demo models (``papo/assets``, about
   5 MB) go into the wheel only when the Space runs them (no adapter given);
 - ``requirements.txt``: papo-hub's dependencies and its ``space`` extra, pinned as in ``pyproject.toml`` (read
-  from the wheel's metadata). The wheel itself is imported by the app (``papo_space.use_shipped_wheel``), not
+  from the wheel's metadata). The wheel itself is imported by the app (``space_config.use_shipped_wheel``), not
   installed by ``requirements.txt``: a Space's build may install that file before the rest of the repo is in
   place, where a relative path to the wheel would not resolve;
 - ``examples/``: with an adapter, the example gallery (``papo.hub.space_examples``); without, the Space builds
@@ -60,7 +60,15 @@ from papo.hub.wheel import SPACE_SOURCE, _sdk_version, _space_requirements, buil
 logger = logging.getLogger(__name__)
 
 
-SPACE_APP_FILES = ("app.py", "papo_space.py")
+SPACE_APP_FILES = (
+    "app.py",
+    "space_config.py",
+    "space_models.py",
+    "space_uploads.py",
+    "space_comparison.py",
+    "space_examples.py",
+    "space_render.py",
+)
 
 
 SPACE_CARD_TEMPLATE = CARDS_DIR / "space_card.md"
@@ -164,7 +172,7 @@ def _download_adapter(adapter: str, token: str | None) -> tuple[str, str]:
 def space_variables(
     models: SpaceModels, *, load_in_4bit: bool = False, dtype: str | None = None, device: str | None = None
 ) -> dict[str, str]:
-    """The Space variables (the environment the app reads, ``space/papo_space.py``'s ``SpaceConfig``)."""
+    """The Space variables (the environment the app reads, ``space/space_config.py``'s ``SpaceConfig``)."""
     from papo.modeling import DTYPES
 
     if dtype is not None and dtype not in DTYPES:

@@ -3,12 +3,12 @@
 ``pick_space_examples`` picks, from an adapter's eval predictions (a Hub dataset pushed with ``papo push
 eval``, or a local ``papo eval`` folder), the questions on which the baseline and the PAPO model differ most,
 and writes them with their images as ``examples/examples.json``; without predictions, the Space's drawn
-figures (``space/papo_space.py``, imported from its file).
+figures (``space/space_examples.py``, imported from the Space folder).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import io
 import json
 import os
@@ -19,7 +19,7 @@ from typing import Any
 from papo.hub.checks import _public
 from papo.hub.wheel import SPACE_SOURCE
 
-EXAMPLES_MANIFEST = "examples.json"  # what space/papo_space.py's make_examples reads (SHIPPED_EXAMPLES)
+EXAMPLES_MANIFEST = "examples.json"  # what space/space_examples.py's make_examples reads (SHIPPED_EXAMPLES)
 
 
 NUM_EXAMPLES = 6
@@ -37,20 +37,20 @@ def pick_space_examples(
     """The examples shipped with the Space, written as ``out_dir/examples.json`` plus their images.
 
     - No adapter: None (nothing written): the Space builds the embedded pair's examples itself
-      (``papo_space.make_examples``: the held-out digit questions on which the pair differs, then figures).
+      (``space_examples.make_examples``: the held-out digit questions on which the pair differs, then figures).
     - ``eval_dataset`` (the PAPO model's predictions, pushed with ``papo push eval``; a Hub dataset id or a
       local ``papo eval`` output folder): its questions on which the two models differ most, by
       ``|accuracy(PAPO) − accuracy(baseline)|`` per question when ``baseline_eval_dataset`` (the base model's
       predictions) is given, else by the PAPO answers' mean perception KL (the questions whose answers leaned
       most on the image); taken in turn from each benchmark.
-    - Otherwise a small neutral set: the Space's three drawn figures (``papo_space.figure_examples``).
+    - Otherwise a small neutral set: the Space's three drawn figures (``space_examples.figure_examples``).
     """
     if adapter is None:
         return None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if eval_dataset is None:
-        papo_space = _load_space_module()
+        space_examples = _load_space_module()
         picked = [
             {
                 "image": Path(e.image).name,
@@ -58,9 +58,9 @@ def pick_space_examples(
                 "reference": e.reference,
                 "source": e.source,
             }
-            for e in papo_space.figure_examples(out_dir)
+            for e in space_examples.figure_examples(out_dir)
         ]
-        how = "papo_space.figure_examples (no eval predictions given)"
+        how = "space_examples.figure_examples (no eval predictions given)"
     else:
         rows = _eval_rows(eval_dataset, token)
         baseline = None
@@ -187,15 +187,11 @@ def _slug(text: str) -> str:
 
 
 def _load_space_module():
-    """space/papo_space.py, imported from its file (it is the Space's module, not part of the package)."""
-    name = "papo_space_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SPACE_SOURCE / "papo_space.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # registered first: its dataclasses look their module up
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
+    """space/space_examples.py (the Space's module, not part of the package), imported with ``space/`` first on
+    sys.path for the duration: it imports its sibling modules (space_config, space_uploads) as in the Space."""
+    folder = str(SPACE_SOURCE)
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module("space_examples")
+    finally:
+        sys.path.remove(folder)

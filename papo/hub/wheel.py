@@ -66,7 +66,7 @@ def build_wheel(out_dir: str | os.PathLike, *, with_assets: bool) -> Path:
 def _space_requirements(wheel: Path) -> str:
     """requirements.txt: papo-hub's dependencies and its `space` extra, as the wheel's metadata pins them
     (so they match pyproject.toml), and `spaces`. The wheel itself is not listed: the app imports it from
-    the Space folder (``papo_space.use_shipped_wheel``), because a Space may install requirements.txt before
+    the Space folder (``space_config.use_shipped_wheel``), because a Space may install requirements.txt before
     the rest of the repo is in place, where a relative path to the wheel would not resolve."""
     from email.parser import Parser
 
@@ -77,7 +77,7 @@ def _space_requirements(wheel: Path) -> str:
         metadata = Parser().parsestr(archive.read(name).decode())
     lines = [
         f"# Written by `papo push space`: the dependencies of papo-hub {__version__} and of its `space` extra.",
-        f"# papo-hub itself is {wheel.name}, next to app.py, which app.py imports (see papo_space.use_shipped_wheel).",
+        f"# papo-hub itself is {wheel.name}, next to app.py, which app.py imports (see space_config.use_shipped_wheel).",
     ]
     for spec in metadata.get_all("Requires-Dist") or []:
         requirement = Requirement(spec)

@@ -6,15 +6,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import yaml
 from hub_testlib import TEST_TOKEN, run_python
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space"))  # the Space tests' space_testing
+from space_testing import SPACE_DIR, serve_and_compare  # noqa: E402
 
 ADAPTER = "papo-tester/papo-g-tiny"
 EVAL = "papo-tester/papo-g-tiny-eval"
@@ -22,6 +22,7 @@ SPACE = "papo-tester/papo-demo"
 TINY_BASE = (
     "papo-tests/tiny-qwen2_5_vl"  # in the HF cache (fixture cached_base_configs), as `hf download` leaves it
 )
+SPACE_MODULES = sorted(p.stem for p in SPACE_DIR.glob("*.py"))  # app and its space_* modules
 
 
 def _front_matter(readme: bytes) -> dict:
@@ -79,9 +80,10 @@ print(json.dumps([first, second]))
     files = space.files
     wheels = [p for p in files if p.endswith(".whl")]
     assert wheels == ["papo_hub-0.1.0-py3-none-any.whl"]
-    for name in ("app.py", "papo_space.py", "requirements.txt", "README.md", "examples/examples.json"):
+    for name in ("requirements.txt", "README.md", "examples/examples.json"):
         assert name in files, name
-    assert files["app.py"] == (Path(__file__).parents[2] / "space" / "app.py").read_bytes()
+    for module in SPACE_MODULES:  # every module of the Space, as in the checkout
+        assert files[f"{module}.py"] == (SPACE_DIR / f"{module}.py").read_bytes(), module
 
     # The wheel: papo-hub at this version, without the embedded demo models (a real adapter does not use them).
     with zipfile.ZipFile(io.BytesIO(files[wheels[0]])) as wheel:
@@ -147,26 +149,30 @@ print(json.dumps(push_space({SPACE!r}, adapter={ADAPTER!r}, eval_dataset={EVAL!r
     assert set(space.commits[-1].added) == {"README.md"} and not space.commits[-1].deleted  # the card only
     assert "--load-in-4bit" in space.files["README.md"].decode() and space.hardware == "zero-a10g"
 
-    # The Space's own code reads the examples (space/papo_space.make_examples, from the pushed files).
+    # The Space's own code reads the examples (space/space_examples.make_examples, from the pushed files), and
+    # each of its modules imports from the pushed folder.
     pulled = tmp_path / "pulled"
     for path, data in files.items():
         (pulled / path).parent.mkdir(parents=True, exist_ok=True)
         (pulled / path).write_bytes(data)
-    saved = {name: sys.modules.pop(name, None) for name in ("papo_space", "app")}  # tests/space's, if loaded
+    saved = {name: sys.modules.pop(name, None) for name in SPACE_MODULES}  # tests/space's, if loaded
     saved_path = list(sys.path)  # importing app puts the shipped wheel on sys.path
     sys.path.insert(0, str(pulled))
     try:
         import importlib
 
-        papo_space = importlib.import_module("papo_space")
-        assert Path(papo_space.__file__).parent == pulled
-        gallery = papo_space.make_examples(tmp_path / "cache", shipped=pulled / "examples" / "examples.json")
+        space_examples = importlib.import_module("space_examples")
+        gallery = space_examples.make_examples(
+            tmp_path / "cache", shipped=pulled / "examples" / "examples.json"
+        )
         import pytest
 
         with pytest.warns(RuntimeWarning, match="before the shipped papo_hub-0.1.0-py3-none-any.whl"):
             import app  # this process imported papo from the checkout already: app says it keeps that copy
 
         assert "differed most" in app.examples_label(gallery)
+        for name in SPACE_MODULES:
+            assert Path(sys.modules[name].__file__).parent == pulled, name
     finally:
         sys.path[:] = saved_path
         for name, module in saved.items():
@@ -234,14 +240,6 @@ def test_push_space_bad_token_says_how_to_log_in(hub, push_env):
     assert TEST_TOKEN not in result.stderr + result.stdout and hub.repos == {}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_dry_run_folder_starts_with_python_app_py_and_answers(hub, push_env, tmp_path):
     """No adapter: the embedded pair, so the wheel carries the demo models and the Space runs offline. papo is
     imported from the shipped wheel (as on the Hub), not from this checkout."""
@@ -257,50 +255,8 @@ def test_dry_run_folder_starts_with_python_app_py_and_answers(hub, push_env, tmp
     meta = _front_matter((folder / "README.md").read_bytes())
     assert "models" not in meta and meta["python_version"] == "3.12"
 
-    from gradio_client import Client, handle_file
-    from gradio_client.exceptions import AppError
-
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAPO_") and k != "PYTHONPATH"}
-    env.update(
-        PAPO_SPACE_CACHE=str(tmp_path / "cache"),
-        PAPO_MAX_NEW_TOKENS="8",
-        GRADIO_SERVER_NAME="127.0.0.1",
-        GRADIO_SERVER_PORT=str(port),
-    )
-    log_path = tmp_path / "app.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the app did not start in 180 s"
-                time.sleep(0.5)
-        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
-        image = handle_file(str(tmp_path / "cache" / "examples" / "clock.png"))
-        deadline = time.monotonic() + 300  # loading waits for the CPU: the test machine is shared
-        while True:  # the models load in the background after the page is up
-            try:
-                result = client.predict(
-                    image, "What time is it?", "2:45", 0, 1.0, 8, 0.6, api_name="/compare"
-                )
-                break
-            except AppError as err:
-                assert "not ready yet" in str(err), err
-                assert time.monotonic() < deadline, "the models did not load in 300 s"
-                time.sleep(0.5)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    result = serve_and_compare([sys.executable, "app.py"], env, tmp_path / "cache", tmp_path, cwd=folder)
     details = result[-1]
     assert details["baseline"]["answer"] and details["papo"]["answer"]
     assert details["models"]["embedded"] == "True"
@@ -308,7 +264,7 @@ def test_dry_run_folder_starts_with_python_app_py_and_answers(hub, push_env, tmp
     [extracted] = (tmp_path / "cache" / "papo-hub").iterdir()
     assert extracted.name.startswith("papo_hub-0.1.0-py3-none-any-")
     assert details["models"]["baseline"] == str(extracted / "papo" / "assets" / "warm-start-qwen2_5_vl")
-    assert f"papo-hub from the shipped wheel, extracted in {extracted}" in log_path.read_text()
+    assert f"papo-hub from the shipped wheel, extracted in {extracted}" in (tmp_path / "app.log").read_text()
 
 
 def test_examples_are_the_questions_where_the_models_differ_most(eval_run_dir, tmp_path):

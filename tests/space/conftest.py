@@ -1,9 +1,10 @@
 """Fixtures for the Space's tests: the app running on 127.0.0.1, a client, and a cache of tiny models.
 
 The app runs on its *embedded default* path (no model environment variables): the warm start and the
-PAPO-G adapter shipped in papo/assets. `space_cache` holds a tiny base model and a LoRA adapter with
-random, non-zero weights (`init_lora_weights=False`) for the tests that configure models explicitly or
-exercise the fallback that builds the embedded pair when an install lacks the shipped one.
+PAPO-G adapter shipped in papo/assets. `tiny_base` is the session's tiny Qwen2.5-VL (`tiny_model_dirs`) and
+`space_cache` holds a LoRA adapter on it with random, non-zero weights (`init_lora_weights=False`), as
+`demo-train`, where the Space keeps the demo adapter it trains: for the tests that configure models explicitly
+or exercise the fallback that builds the embedded pair when an install lacks the shipped one.
 """
 
 from __future__ import annotations
@@ -17,23 +18,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # space_testing, whate
 
 from space_testing import MAX_NEW_TOKENS, SPACE_DIR, free_port, make_test_adapter  # noqa: E402
 
-sys.path.insert(0, str(SPACE_DIR))  # the Space's modules: app, papo_space
+sys.path.insert(0, str(SPACE_DIR))  # the Space's modules: app, space_*
 
 
 @pytest.fixture(scope="session")
-def space_cache(tmp_path_factory) -> Path:
-    """A PAPO_SPACE_CACHE with the embedded base model and an adapter already in place."""
-    from papo.tiny import save_tiny_vlm
+def tiny_base(tiny_model_dirs) -> Path:
+    """The session's tiny Qwen2.5-VL (tests/conftest.py): the base model of the tests' adapter."""
+    return Path(tiny_model_dirs["qwen2_5_vl"])
 
+
+@pytest.fixture(scope="session")
+def space_cache(tmp_path_factory, tiny_base) -> Path:
+    """A PAPO_SPACE_CACHE with the demo adapter (on `tiny_base`) already in place."""
     cache = tmp_path_factory.mktemp("space-cache")
-    base = save_tiny_vlm(cache / "tiny-qwen2_5_vl")
-    make_test_adapter(base, cache / "demo-train")
+    make_test_adapter(tiny_base, cache / "demo-train")
     return cache
 
 
 @pytest.fixture(scope="session")
 def space_config(space_cache):
-    from papo_space import SpaceConfig
+    from space_config import SpaceConfig
 
     return SpaceConfig.from_env(
         {
@@ -46,7 +50,7 @@ def space_config(space_cache):
 
 @pytest.fixture(scope="session")
 def models(space_config):
-    from papo_space import Models
+    from space_models import Models
 
     loaded = Models(space_config)
     loaded.load()

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
-from papo_space import displayed
 from PIL import Image
+from space_comparison import displayed
 from space_testing import MAX_NEW_TOKENS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
