@@ -64,7 +64,7 @@ METHODS: dict[str, dict[str, Any]] = {
     # Issue 19's follow-ups, each on its paper's base (VPPO, PGPO: DAPO; NoisyRollout: GRPO without KL is the
     # paper's, here the GRPO arm's β so that only the generation differs). The method's own switches are the
     # paper's; the rest (reward, batch sizes, clip) stays its baseline arm's, so the paired difference isolates
-    # the method. Not in the default --methods; not run yet (README: "not measured yet").
+    # the method. Not in the default --methods (run with --methods grpo dapo vppo pgpo noisyrollout; RESULTS.md).
     "vppo": {
         "perception_kl_coef": 0.0,
         "collapse_guard": "off",
