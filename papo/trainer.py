@@ -1187,6 +1187,3 @@ def _row_images(row: dict[str, Any]) -> list:
     if row.get("images"):
         return list(row["images"])
     return [row["image"]] if row.get("image") is not None else []
-
-
-_image_kwargs = image_forward_kwargs  # the old private name (tests/test_fidelity.py)

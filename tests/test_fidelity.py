@@ -7,8 +7,8 @@ import pytest
 import torch
 from trainer_testing import G, synthetic_train_rows, tiny_config, tiny_trainer
 
-import papo.trainer as trainer_module
 from papo.cli import main
+from papo.families import image_forward_kwargs
 from papo.modeling import LANGUAGE_LORA_TARGETS
 from papo.trainer import PAPOTrainer
 
@@ -162,6 +162,6 @@ def test_recompute_path_runs_the_masked_pixels(tmp_path, tiny_model_dirs, train_
         torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1),
         torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1),
         inputs["completion_ids"].size(1),
-        **trainer_module._image_kwargs(inputs, inputs["pixel_values"]),
+        **image_forward_kwargs(inputs, inputs["pixel_values"]),
     )
     assert (recomputed[mask] - original[mask]).abs().max() > 1e-3

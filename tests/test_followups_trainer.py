@@ -12,6 +12,7 @@ from trainer_testing import loss_and_grads as _loss_and_grads
 from trl import GRPOTrainer
 
 import papo.trainer as trainer_module
+from papo.families import image_forward_kwargs
 from papo.followups import pgpo_token_weights, visual_dependency, vppo_token_gate
 from papo.rewards import make_reward_funcs
 from papo.trainer import PAPOTrainer
@@ -84,7 +85,7 @@ def _policy_logps(trainer, inputs):
     attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
     logps, _, _ = trainer._get_per_token_logps_and_entropies(
         trainer.model, input_ids, attention_mask, inputs["completion_ids"].size(1),
-        **trainer_module._image_kwargs(inputs, inputs["pixel_values"]),
+        **image_forward_kwargs(inputs, inputs["pixel_values"]),
     )  # fmt: skip
     return logps
 

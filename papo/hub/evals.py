@@ -25,7 +25,6 @@ from papo.hub.tables import (
 )
 from papo.hub.transport import _build_atomically, _build_then_push
 
-PAPO_EVAL_DATASET = "PAPO-Galaxy/PAPO_eval"
 EVAL_FILES = ("results.json", "results.md", "comparison.png")
 
 
