@@ -185,8 +185,9 @@ def update(trainer, batch: dict, optimizer, params) -> None:
 
 
 def make_trainer(model, processor, dataset, row: Row, opts, output_dir: str, peft_config):
+    from papo.config import PAPOConfig
     from papo.rewards import PAPO_REWARD_WEIGHTS, make_reward_funcs
-    from papo.trainer import PAPOConfig, PAPOTrainer
+    from papo.trainer import PAPOTrainer
 
     cuda = not opts.tiny
     args = PAPOConfig(

@@ -85,11 +85,12 @@ def run_variant(variant: str, opts: argparse.Namespace) -> dict:
     from peft import LoraConfig
     from transformers import TrainerCallback
 
+    from papo.config import PAPOConfig
     from papo.data.loading import load_training_dataset
     from papo.data.synthetic import make_synthetic_dataset
     from papo.modeling import LANGUAGE_LORA_TARGETS, load_model_for_training
     from papo.rewards import PAPO_REWARD_WEIGHTS, make_reward_funcs
-    from papo.trainer import PAPOConfig, PAPOTrainer
+    from papo.trainer import PAPOTrainer
 
     cuda = torch.cuda.is_available()
     model, processor = load_model_for_training(

@@ -99,7 +99,7 @@ def train_help() -> str:
     `--help-all` (they are all accepted, but listed first they buried everything else)."""
     from dataclasses import MISSING, fields
 
-    from papo.trainer import PAPOConfig
+    from papo.config import PAPOConfig
 
     def options(cls, names=None) -> list[str]:
         lines = []
@@ -146,7 +146,7 @@ def parse_train_args(argv: list[str]):
     import torch
     from trl import ModelConfig, TrlParser
 
-    from papo.trainer import PAPOConfig
+    from papo.config import PAPOConfig
 
     classes = (PAPOScriptArguments, PAPOConfig, ModelConfig)
     known = {f.name for cls in classes for f in dataclass_fields(cls)}
