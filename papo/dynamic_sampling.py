@@ -144,16 +144,11 @@ def gather_rows(rows: list[tuple[dict[str, Any], int]], pad_token_id: int) -> di
             parts = []
             for (piece, _), item in zip(rows, items, strict=True):
                 width = piece["prompt_ids"].size(-1)
-                if item.size(-1) not in (width, width + piece["completion_ids"].size(-1)):
-                    raise ValueError(
-                        f"{key} has {item.size(-1)} columns; expected the prompt's {width} or prompt + completion"
-                    )
+                if item.size(-1) != width + piece["completion_ids"].size(-1):
+                    raise ValueError(f"{key} has {item.size(-1)} columns; expected prompt + completion")
                 prompt_part = pad(item[..., :width], prompt_width, left=True)
-                completion = item[..., width:]
                 parts.append(
-                    torch.cat([prompt_part, pad(completion, completion_width, left=False)], dim=-1)
-                    if completion.size(-1)
-                    else prompt_part
+                    torch.cat([prompt_part, pad(item[..., width:], completion_width, left=False)], -1)
                 )
             merged[key] = torch.stack(parts)
         else:
