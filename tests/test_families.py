@@ -22,7 +22,7 @@ from papo.families import (
 )
 from papo.masking import MaskingConfig, mask_images, model_size
 from papo.modeling import lora_target_modules, set_pixel_bounds
-from papo.tiny import OTHER_ARCHITECTURES
+from papo.tiny import ALL_ARCHITECTURES, OTHER_ARCHITECTURES
 
 FAMILY_PRESETS = {
     "gemma3": ["papo-g-gemma3-4b-lora", "papo-g-gemma3-4b-qlora"],
@@ -313,16 +313,17 @@ def test_space_loads_each_family_and_scores_both_answers(arch, family_dirs, tmp_
         ).load()
 
 
-@pytest.mark.parametrize("arch", OTHER_ARCHITECTURES)
+@pytest.mark.parametrize("arch", ALL_ARCHITECTURES)
 def test_left_padded_batch_matches_single_prompt_generation(arch, family_dirs):
-    """Batched greedy generation (left padding, images nested per prompt) gives what each prompt gives alone."""
+    """Every family (Qwen included): batched greedy generation (left padding, images of different sizes nested
+    per prompt) gives what each prompt gives alone."""
     from papo.generation import generate
     from papo.modeling import load_vlm
 
     model, processor = load_vlm(family_dirs[arch])
     images = [[_picture(64, 48, 5)], [_picture(40, 80, 6)]]
     prompts = [_prompt("Short?"), _prompt("This prompt is quite a lot longer than the first one, is it not?")]
-    kwargs = dict(max_new_tokens=6, do_sample=False, show_progress=False)
+    kwargs = dict(max_new_tokens=8, do_sample=False, show_progress=False)
     batched = generate(model, processor, prompts, images, batch_size=2, **kwargs)
     single = [
         generate(model, processor, [p], [i], batch_size=1, **kwargs)[0]

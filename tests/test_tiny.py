@@ -72,21 +72,6 @@ def test_generate_from_image_and_text_chat(arch, tiny_model_dirs):
     assert out == again
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_left_padded_batch_matches_single_prompt_generation(arch, tiny_model_dirs):
-    """Batched greedy generation (left padding) gives what each prompt gives alone."""
-    model, processor = load_vlm(tiny_model_dirs[arch])
-    images = [[Image.new("RGB", (64, 64), (255, 0, 0))], [Image.new("RGB", (64, 64), (0, 200, 0))]]
-    prompts = [_prompt("Short?"), _prompt("This prompt is quite a lot longer than the first one, is it not?")]
-    kwargs = dict(max_new_tokens=8, do_sample=False, show_progress=False)
-    batched = generate(model, processor, prompts, images, batch_size=2, **kwargs)
-    single = [
-        generate(model, processor, [p], [i], batch_size=1, **kwargs)[0]
-        for p, i in zip(prompts, images, strict=True)
-    ]
-    assert batched == single
-
-
 def test_right_padding_is_refused(tiny_model_dirs):
     model, processor = load_vlm(tiny_model_dirs["qwen2_5_vl"])
     processor.tokenizer.padding_side = "right"
